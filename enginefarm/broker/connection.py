@@ -1,0 +1,132 @@
+"""Opening (and re-opening) a blocking pika connection, with errors translated."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pika
+import pika.exceptions
+
+from ..errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+# Errors after which the connection (or channel) is unusable and must be re-opened.
+RECOVERABLE = (
+    pika.exceptions.AMQPConnectionError,
+    pika.exceptions.ChannelClosed,
+    pika.exceptions.ChannelWrongStateError,
+    ConnectionError,
+    OSError,
+)
+
+
+def connection_parameters(url: str, heartbeat_s: int, name: str) -> pika.URLParameters:
+    params = pika.URLParameters(url)
+    params.heartbeat = heartbeat_s
+    params.blocked_connection_timeout = max(60, heartbeat_s * 2)
+    params.connection_attempts = 1
+    params.socket_timeout = 5
+    params.client_properties = {"connection_name": name, "product": "enginefarm"}
+    return params
+
+
+class BrokerConnection:
+    """One pika connection and channel, re-opened on demand.
+
+    Not thread-safe: use it from one thread; other threads may only call
+    ``call_threadsafe``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        heartbeat_s: int = 30,
+        name: str = "enginefarm",
+        on_open: Callable[[Any], None] | None = None,
+        reconnect_window_s: float = 60.0,
+    ) -> None:
+        self.url = url
+        self.heartbeat_s = heartbeat_s
+        self.name = name
+        self.on_open = on_open
+        self.reconnect_window_s = reconnect_window_s
+        self.connection: pika.BlockingConnection | None = None
+        self.channel: Any = None
+        # Bumped on every re-open: delivery tags of an older generation are void.
+        self.generation = 0
+
+    def open(self) -> Any:
+        """Return an open channel, connecting (with retries) if needed.
+
+        Raises:
+            BrokerError: the broker did not answer within the reconnect window.
+        """
+        if self.channel is not None and self.channel.is_open and self.connection.is_open:
+            return self.channel
+        self.close()
+        deadline = time.monotonic() + self.reconnect_window_s
+        delay = 0.1
+        while True:
+            try:
+                params = connection_parameters(self.url, self.heartbeat_s, self.name)
+                self.connection = pika.BlockingConnection(params)
+                self.channel = self.connection.channel()
+                self.generation += 1
+                if self.on_open is not None:
+                    self.on_open(self.channel)
+                return self.channel
+            except pika.exceptions.ProbableAuthenticationError as exc:
+                self.close()
+                raise BrokerError(f"RabbitMQ refused the credentials in the AMQP url: {exc}") from exc
+            except RECOVERABLE as exc:
+                self.close()
+                if time.monotonic() + delay > deadline:
+                    raise BrokerError(
+                        f"cannot reach RabbitMQ at {redact(self.url)}: {type(exc).__name__} {exc}"
+                    ) from exc
+                log.warning("RabbitMQ not reachable (%s); retrying in %.1fs", type(exc).__name__, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def close(self) -> None:
+        conn, self.connection, self.channel = self.connection, None, None
+        if conn is not None and conn.is_open:
+            try:
+                conn.close()
+            except Exception:  # closing a broken connection may raise anything
+                log.debug("error closing connection", exc_info=True)
+
+    def keepalive(self) -> None:
+        """Service heartbeats of an otherwise idle connection (call from its own thread)."""
+        conn = self.connection
+        if conn is None:
+            return
+        try:
+            conn.process_data_events(0)
+        except RECOVERABLE:
+            self.close()
+
+    def call_threadsafe(self, callback: Callable[[], None]) -> bool:
+        """Run ``callback`` on the connection's thread; False if the connection is gone."""
+        conn = self.connection
+        if conn is None or not conn.is_open:
+            return False
+        try:
+            conn.add_callback_threadsafe(callback)
+            return True
+        except Exception:
+            return False
+
+
+def redact(url: str) -> str:
+    """The url without its password, for logs and errors."""
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"

@@ -1,0 +1,129 @@
+"""Consuming one queue with manual acks, from a loop that also keeps heartbeats going."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import BrokerError
+from .connection import RECOVERABLE, BrokerConnection
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    body: bytes
+    tag: int
+    generation: int
+    redelivered: bool
+    routing_key: str
+    headers: dict[str, Any] = field(default_factory=dict)
+
+
+class Consumer:
+    """Runs the broker I/O loop of a daemon on the thread that calls ``run``.
+
+    ``on_message`` is called on that thread and must not block: it should hand the
+    delivery to a worker. ``ack`` and ``reject`` may be called from any thread.
+    After a reconnect the broker has requeued every unacked message, so acks for an
+    older connection are dropped (the message comes again and is deduplicated upstream).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        setup: Callable[[Any], str],
+        on_message: Callable[[Delivery], None],
+        prefetch: int = 4,
+        heartbeat_s: int = 30,
+        name: str = "enginefarm-consumer",
+        on_reconnect: Callable[[], None] | None = None,
+    ) -> None:
+        self.link = BrokerConnection(url, heartbeat_s, name)
+        self.setup = setup
+        self.on_message = on_message
+        self.prefetch = prefetch
+        self.on_reconnect = on_reconnect
+        self._consumer_tag: str | None = None
+        self._generation = -1
+        self._paused = threading.Event()
+        self.ready = threading.Event()
+
+    def _start(self) -> None:
+        channel = self.link.open()
+        if self._generation == self.link.generation and self._consumer_tag is not None:
+            return
+        if self._generation != -1 and self.on_reconnect is not None:
+            self.on_reconnect()
+        channel.basic_qos(prefetch_count=self.prefetch)
+        queue = self.setup(channel)
+        self._consumer_tag = channel.basic_consume(queue, self._on_delivery, auto_ack=False)
+        self._generation = self.link.generation
+        self.ready.set()
+
+    def _on_delivery(self, channel: Any, method: Any, props: Any, body: bytes) -> None:
+        delivery = Delivery(
+            body=body,
+            tag=method.delivery_tag,
+            generation=self.link.generation,
+            redelivered=bool(method.redelivered),
+            routing_key=method.routing_key,
+            headers=dict(props.headers or {}),
+        )
+        self.on_message(delivery)
+
+    def run(self, stop: threading.Event, poll_s: float = 0.25) -> None:
+        """Consume until ``stop`` is set, reconnecting whenever the broker goes away."""
+        while not stop.is_set():
+            try:
+                if not self._paused.is_set():
+                    self._start()
+                conn = self.link.connection
+                if conn is None:
+                    self.link.open()
+                    continue
+                conn.process_data_events(time_limit=poll_s)
+            except BrokerError as exc:
+                self.ready.clear()
+                log.error("%s; still trying", exc)
+            except RECOVERABLE as exc:
+                self.ready.clear()
+                log.warning("broker connection lost (%s: %s); reconnecting", type(exc).__name__, exc)
+                self._consumer_tag = None
+                self.link.close()
+
+    def _call(self, fn: Callable[[], None]) -> None:
+        if not self.link.call_threadsafe(fn):
+            log.debug("connection gone; action dropped (the broker requeues unacked messages)")
+
+    def ack(self, delivery: Delivery) -> None:
+        def do() -> None:
+            if delivery.generation == self.link.generation and self.link.channel is not None:
+                self.link.channel.basic_ack(delivery.tag)
+
+        self._call(do)
+
+    def reject(self, delivery: Delivery, requeue: bool) -> None:
+        def do() -> None:
+            if delivery.generation == self.link.generation and self.link.channel is not None:
+                self.link.channel.basic_reject(delivery.tag, requeue=requeue)
+
+        self._call(do)
+
+    def pause(self) -> None:
+        """Stop taking new deliveries (what was delivered stays ours until acked)."""
+        self._paused.set()
+
+        def do() -> None:
+            if self._consumer_tag is not None and self.link.channel is not None:
+                self.link.channel.basic_cancel(self._consumer_tag)
+            self._consumer_tag = None
+
+        self._call(do)
+
+    def close(self) -> None:
+        self.link.close()

@@ -1,0 +1,144 @@
+"""AsyncResult: a handle on one or more tasks whose results arrive through Redis."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from ..errors import CompositeError, RemoteError, TimeoutError
+
+if TYPE_CHECKING:
+    from .client import Client
+
+
+class Metadata(dict):
+    """Per-task metadata (seed 004): dict with attribute access to a fixed set of keys."""
+
+    KEYS = (
+        "task_id", "engine_id", "status", "submitted", "started", "completed",
+        "stdout", "stderr", "attempts", "error", "namespace_lost",
+    )
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__({key: None for key in self.KEYS})
+        self.update(values)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key not in self.KEYS:
+            raise KeyError(f"{key!r} is not a metadata key")
+        super().__setitem__(key, value)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+
+class AsyncResult:
+    """The pending result of a call on one or more engines.
+
+    ``get`` returns a list (one entry per task, in target order), or the bare value when the
+    call was made on a single engine. Failures are aggressive: if any task failed, ``get``
+    raises its RemoteError, or a CompositeError listing each when several failed.
+    """
+
+    def __init__(self, client: Client, task_ids: list[str], single: bool = False, kind: str = "") -> None:
+        self._client = client
+        self.task_ids = list(task_ids)
+        self._single = single
+        self.kind = kind
+
+    @property
+    def msg_ids(self) -> list[str]:
+        return self.task_ids
+
+    def __len__(self) -> int:
+        return len(self.task_ids)
+
+    def __repr__(self) -> str:
+        state = "finished" if self.ready() else "pending"
+        return f"<AsyncResult {self.kind or 'task'}: {len(self)} task(s), {state}>"
+
+    def ready(self) -> bool:
+        """True when every task has finished (checks Redis without waiting)."""
+        return self._client.wait(self.task_ids, timeout=0)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds (None or negative: forever); True if all finished."""
+        return self._client.wait(self.task_ids, timeout=-1 if timeout is None else timeout)
+
+    def successful(self) -> bool:
+        """True if every task finished without error.
+
+        Raises:
+            ValueError: not all tasks have finished.
+        """
+        if not self.ready():
+            raise ValueError("the tasks have not finished yet")
+        return not any(isinstance(self._client.results[t], BaseException) for t in self.task_ids)
+
+    def get(self, timeout: float | None = None) -> Any:
+        """Wait for and return the results.
+
+        Raises:
+            TimeoutError: not finished within ``timeout`` seconds.
+            RemoteError / CompositeError: one or several tasks failed.
+            SignatureError: a stored result was not signed with the cluster key.
+        """
+        if not self.wait(timeout):
+            done = sum(1 for t in self.task_ids if t in self._client.results)
+            raise TimeoutError(f"{done}/{len(self.task_ids)} tasks finished within {timeout}s")
+        values = [self._client.results[t] for t in self.task_ids]
+        errors = [v for v in values if isinstance(v, BaseException)]
+        remote = [e for e in errors if isinstance(e, RemoteError)]
+        if errors and len(errors) != len(remote):
+            raise next(e for e in errors if not isinstance(e, RemoteError))
+        if len(remote) == 1:
+            raise remote[0]
+        if remote:
+            raise CompositeError(remote)
+        return values[0] if self._single else values
+
+    @property
+    def metadata(self) -> Any:
+        data = [self._client.metadata_for(t) for t in self.task_ids]
+        return data[0] if self._single else data
+
+    @property
+    def elapsed(self) -> float:
+        stamps = [m["submitted"] for m in self._client.metadata_for_many(self.task_ids) if m["submitted"]]
+        return time.time() - min(stamps) if stamps else 0.0
+
+    def __iter__(self) -> Iterator[Any]:
+        value = self.get()
+        yield from ([value] if self._single else value)
+
+
+class LocalResult(AsyncResult):
+    """A result computed without a round trip to engines (e.g. properties held in Redis)."""
+
+    def __init__(self, client: Client, value: Any, single: bool, kind: str = "") -> None:
+        super().__init__(client, [], single, kind)
+        self._value = value
+
+    def ready(self) -> bool:
+        return True
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return True
+
+    def successful(self) -> bool:
+        return True
+
+    def get(self, timeout: float | None = None) -> Any:
+        return self._value
+
+    @property
+    def metadata(self) -> Any:
+        return None if self._single else []

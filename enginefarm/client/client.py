@@ -1,0 +1,294 @@
+"""The Client: a connection to one cluster, its engines, and the results of its tasks.
+
+A Client is meant for one thread (like ipyparallel's). It connects lazily on first use.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from ..broker import Publisher
+from ..broker.topology import declare_cluster
+from ..config import Settings
+from ..errors import InvalidEngineID, NoEnginesRegistered, RemoteError, SignatureError, UnroutableError
+from ..keys import KeyRing
+from ..names import Names
+from ..protocol import new_id, seal
+from ..recovery import Reaper
+from ..serialization import dumps, loads
+from ..store import Records, Registry, TaskRecord, connect
+from ..store.records import ABORTED, COMPLETED, PENDING, NewTask, error_fields
+from .asyncresult import Metadata
+from .view import DirectView
+
+log = logging.getLogger(__name__)
+
+Targets = int | list[int] | tuple[int, ...] | str | None
+
+
+class Client:
+    """Connects to a cluster by name; see ``Settings`` for where each argument comes from."""
+
+    def __init__(
+        self,
+        cluster: str | None = None,
+        amqp_url: str | None = None,
+        redis_url: str | None = None,
+        key_file: str | None = None,
+        settings: Settings | None = None,
+        **overrides: Any,
+    ) -> None:
+        if settings is None:
+            settings = Settings.load(
+                cluster=cluster, amqp_url=amqp_url, redis_url=redis_url, key_file=key_file, **overrides
+            )
+        self.settings = settings
+        self.names = Names(settings.cluster)
+        self.client_id = new_id()
+        # Views block unless told otherwise (seed 000's synchronous interface).
+        self.block = True
+        self.history: list[str] = []
+        self.outstanding: set[str] = set()
+        self.results: dict[str, Any] = {}
+        self._metadata: dict[str, Metadata] = {}
+        self._connected = False
+        self._last_sweep = 0.0
+
+    # --- connections ----------------------------------------------------------------
+    def _connect(self) -> None:
+        if self._connected:
+            return
+        s = self.settings
+        self.ring = KeyRing.from_files(s.resolved_key_file, s.old_key_files)
+        redis_client = connect(s.redis_url)
+        self.registry = Registry(redis_client, self.names, s.engine_timeout_s)
+        self.records = Records(redis_client, self.names, self.ring)
+        self.publisher = Publisher(
+            s.amqp_url,
+            s.amqp_heartbeat_s,
+            f"enginefarm-client-{s.cluster}",
+            on_open=lambda channel: declare_cluster(channel, self.names),
+        )
+        self.reaper = Reaper(self.registry, self.records, self.publisher.link, self.names, s.engine_timeout_s)
+        self._connected = True
+
+    def close(self) -> None:
+        if self._connected:
+            self.publisher.close()
+            self.registry.redis.close()
+            self._connected = False
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- engines --------------------------------------------------------------------
+    @property
+    def ids(self) -> list[int]:
+        """Ids of the engines alive now (heartbeat fresher than the engine timeout)."""
+        self._connect()
+        return self.registry.live_ids()
+
+    def __getitem__(self, targets: Targets) -> DirectView:
+        self.resolve_targets(targets)
+        return DirectView(self, targets)
+
+    def direct_view(self, targets: Targets = "all") -> DirectView:
+        """A view for explicit, per-engine control over ``targets``."""
+        return DirectView(self, targets)
+
+    def resolve_targets(self, targets: Targets) -> list[int]:
+        """Turn a targets argument into a list of live engine ids.
+
+        Raises:
+            InvalidEngineID: a target is not an int, list of ints or 'all', or not registered.
+            NoEnginesRegistered: targets='all' and no engine is alive.
+        """
+        live = self.ids
+        if targets is None or targets == "all":
+            if not live:
+                raise NoEnginesRegistered(f"no engines are registered in cluster {self.settings.cluster!r}")
+            return live
+        if isinstance(targets, bool) or not isinstance(targets, (int, list, tuple)):
+            raise InvalidEngineID(f"targets must be an int, a list of ints or 'all', not {targets!r}")
+        wanted = [targets] if isinstance(targets, int) else list(targets)
+        if not wanted:
+            raise InvalidEngineID("targets is an empty list")
+        for target in wanted:
+            if isinstance(target, bool) or not isinstance(target, int):
+                raise InvalidEngineID(f"engine ids are ints, not {target!r}")
+            if target not in live:
+                raise InvalidEngineID(
+                    f"engine {target} is not registered in cluster {self.settings.cluster!r} (ids: {live})"
+                )
+        return wanted
+
+    def engine_queue_status(self, engine_id: int) -> dict[str, Any]:
+        """Tasks routed to ``engine_id`` and not finished, and the one it is running."""
+        self._connect()
+        running = self.registry.running(engine_id)
+        waiting = self.registry.pending_count(engine_id) - (1 if running else 0)
+        return {"engine_id": engine_id, "queue": max(waiting, 0), "running": running}
+
+    def clear_engine_queue(self, engine_id: int) -> int:
+        """Abort every task still waiting for ``engine_id``; returns how many were aborted."""
+        self._connect()
+        error = error_fields("TaskAborted", f"cleared from engine {engine_id}'s queue before it ran")
+        aborted = 0
+        for task_id in sorted(self.registry.pending(engine_id)):
+            if self.records.fail(task_id, error, allowed=(PENDING,), status=ABORTED):
+                aborted += 1
+        return aborted
+
+    # --- sending --------------------------------------------------------------------
+    def send_direct(
+        self,
+        kind: str,
+        request: Any,
+        engine_ids: list[int],
+        header: dict[str, Any] | None = None,
+        what: str = "",
+    ) -> list[str]:
+        """Publish one command to each engine in ``engine_ids``; returns the task ids.
+
+        Raises:
+            SerializationError: ``request`` cannot be pickled (nothing is published).
+            InvalidEngineID: an engine left before its message could be routed.
+        """
+        self._connect()
+        payload = dumps(request, what or f"the {kind} request") if request is not None else b""
+        tasks, bodies = [], []
+        for engine_id in engine_ids:
+            task_id = new_id()
+            head = {
+                "task_id": task_id, "kind": kind, "client_id": self.client_id,
+                "engine_id": engine_id, **(header or {}),
+            }
+            body = seal(self.ring, head, payload)
+            tasks.append(NewTask(task_id, kind, self.client_id, body, engine_id))
+            bodies.append(body)
+        self.records.create(tasks)
+        self.history.extend(t.task_id for t in tasks)
+        self.outstanding.update(t.task_id for t in tasks)
+        for task, body in zip(tasks, bodies):
+            try:
+                self.publisher.publish(
+                    self.names.direct_exchange, self.names.engine_routing_key(task.engine_id), body
+                )
+            except UnroutableError:
+                error = error_fields("EngineLost", f"engine {task.engine_id} left before the task reached it")
+                self.records.fail(task.task_id, error)
+                raise InvalidEngineID(f"engine {task.engine_id} is no longer registered") from None
+        return [t.task_id for t in tasks]
+
+    # --- results --------------------------------------------------------------------
+    def wait(self, jobs: Iterable[str] | None = None, timeout: float = -1) -> bool:
+        """Wait until the given task ids (default: all outstanding) have finished.
+
+        Returns:
+            True when all finished, False when ``timeout`` seconds (negative: no limit) ran out.
+        """
+        self._connect()
+        wanted = list(self.outstanding if jobs is None else jobs)
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        poll_s = 0.02
+        while True:
+            missing = [t for t in wanted if t not in self.results]
+            if not missing:
+                return True
+            ours = all(t in self.outstanding for t in missing)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                self._absorb(self.records.pop_inbox(self.client_id, 0.0) if ours else [])
+                self._absorb_finished(missing)
+                return all(t in self.results for t in wanted)
+            step = 1.0 if ours else poll_s
+            step = step if remaining is None else min(step, max(remaining, 0.0))
+            if ours:
+                self._absorb(self.records.pop_inbox(self.client_id, step))
+            else:
+                time.sleep(step)
+                poll_s = min(poll_s * 2, 0.5)
+            self._sweep(missing)
+
+    def spin(self) -> None:
+        """Take in every result that has arrived, without waiting."""
+        self._connect()
+        self._absorb(self.records.pop_inbox(self.client_id, 0.0))
+
+    def _sweep(self, missing: list[str]) -> None:
+        """Now and then: read statuses directly and reap dead engines.
+
+        This covers tasks other clients submitted and engines that died holding ours.
+        """
+        now = time.monotonic()
+        if now - self._last_sweep < 1.0:
+            if any(t not in self.outstanding for t in missing):
+                self._absorb_finished(missing)
+            return
+        self._last_sweep = now
+        self._absorb_finished(missing)
+        self.reaper.observe(True)
+        self.reaper.reap_stale()
+
+    def _absorb_finished(self, task_ids: list[str]) -> None:
+        statuses = self.records.statuses(task_ids)
+        self._absorb([t for t, s in zip(task_ids, statuses) if s in ("completed", "failed", "aborted")])
+
+    def _absorb(self, task_ids: list[str]) -> None:
+        fresh = [t for t in dict.fromkeys(task_ids) if t not in self.results]
+        if not fresh:
+            return
+        for record in self.records.get_many(fresh):
+            if record is not None and record.done:
+                self.results[record.task_id] = self._value_of(record)
+                self._metadata[record.task_id] = metadata_of(record)
+                self.outstanding.discard(record.task_id)
+
+    def _value_of(self, record: TaskRecord) -> Any:
+        if record.status == COMPLETED:
+            try:
+                return loads(self.records.open_value(record.task_id, "result", record.result or b""), "the result")
+            except SignatureError as exc:
+                return SignatureError(exc.reason, f"result of task {record.task_id} refused: {exc}")
+            except Exception as exc:
+                return exc
+        error = dict(record.error or error_fields("UnknownError", "the task failed without an error"))
+        error.setdefault("engine_id", record.engine_id)
+        error["task_id"] = record.task_id
+        return RemoteError.from_dict(error)
+
+    def metadata_for(self, task_id: str) -> Metadata:
+        if task_id not in self._metadata:
+            self._connect()
+            record = self.records.get(task_id)
+            return metadata_of(record) if record else Metadata(task_id=task_id)
+        return self._metadata[task_id]
+
+    def metadata_for_many(self, task_ids: list[str]) -> list[Metadata]:
+        return [self.metadata_for(t) for t in task_ids]
+
+    @property
+    def metadata(self) -> dict[str, Metadata]:
+        return self._metadata
+
+
+def metadata_of(record: TaskRecord) -> Metadata:
+    return Metadata(
+        task_id=record.task_id,
+        engine_id=record.engine_id,
+        status=record.status,
+        submitted=record.submitted,
+        started=record.started,
+        completed=record.completed,
+        stdout=record.stdout,
+        stderr=record.stderr,
+        attempts=record.attempts,
+        error=record.error,
+        namespace_lost=record.extra.get("namespace_lost") == "1",
+    )

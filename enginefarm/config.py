@@ -1,0 +1,111 @@
+"""Settings: explicit arguments win, then ``ENGINEFARM_*`` variables, then defaults.
+
+Nothing is read at import time; ``Settings.load()`` reads the environment when it is called.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .errors import ConfigError
+
+_CLUSTER_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ENV_PREFIX = "ENGINEFARM_"
+
+
+def default_key_file() -> str:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "enginefarm", "key")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a client, engine or scheduler needs to find and trust its cluster.
+
+    Every field can be set by the environment variable ``ENGINEFARM_<FIELD>``
+    (e.g. ``ENGINEFARM_CLUSTER``, ``ENGINEFARM_AMQP_URL``).
+    """
+
+    cluster: str = "default"
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_file: str = ""
+    # Older keys still accepted for verification during a rotation (comma-separated paths).
+    old_key_files: str = ""
+    # AMQP heartbeat negotiated with the broker; the engine's I/O thread answers it.
+    amqp_heartbeat_s: int = 30
+    # How often an engine refreshes its heartbeat in Redis, and after how long without
+    # one it is considered dead and dropped from the registry.
+    heartbeat_interval_s: float = 2.0
+    engine_timeout_s: float = 10.0
+    max_engines: int = 511
+    # Messages an engine takes from its queue ahead of the one it runs.
+    prefetch: int = 4
+    # Cap on captured stdout/stderr per task, in bytes.
+    output_cap_bytes: int = 65536
+    # Default per-task time limit (0 = none).
+    task_timeout_s: float = 0.0
+    # How long a finished task record is kept, and how many records at most.
+    result_ttl_s: int = 7 * 24 * 3600
+    max_records: int = 100_000
+    # A signed message older than this is refused as stale (0 = no limit).
+    max_message_age_s: float = 7 * 24 * 3600
+    # Engines delivering a task hand it over to Redis after this long, so RabbitMQ's
+    # consumer timeout never cuts a long task.
+    custody_after_s: float = 600.0
+    # Budget for finishing the running task after SIGTERM.
+    drain_timeout_s: float = 60.0
+    metrics_port: int = 0
+
+    def __post_init__(self) -> None:
+        if not _CLUSTER_RE.match(self.cluster):
+            raise ConfigError(
+                f"invalid cluster name {self.cluster!r}: use 1-64 letters, digits, '-' or '_'"
+            )
+        if self.heartbeat_interval_s <= 0 or self.engine_timeout_s <= self.heartbeat_interval_s:
+            raise ConfigError("engine_timeout_s must be larger than heartbeat_interval_s (> 0)")
+        if self.prefetch < 1:
+            raise ConfigError("prefetch must be at least 1")
+
+    @property
+    def resolved_key_file(self) -> str:
+        return self.key_file or default_key_file()
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from ``overrides`` (None values ignored), then ``env``, then defaults.
+
+        Raises:
+            ConfigError: a value cannot be converted or the result is inconsistent.
+        """
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            if overrides.get(field.name) is not None:
+                values[field.name] = overrides[field.name]
+                continue
+            raw = env.get(ENV_PREFIX + field.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[field.name] = _convert(field.name, raw, type(field.default))
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _convert(name: str, raw: str, kind: type) -> Any:
+    try:
+        if kind is bool:
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        return kind(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind.__name__}") from exc

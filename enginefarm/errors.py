@@ -1,0 +1,143 @@
+"""The exceptions enginefarm raises: one root, a subtree per concern."""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any
+
+
+class EnginefarmError(Exception):
+    """Root of every error enginefarm raises on purpose."""
+
+
+class ConfigError(EnginefarmError):
+    """Settings or the key file are missing or unusable."""
+
+
+class KeyFileError(ConfigError):
+    """The cluster key cannot be read, or is readable by others."""
+
+
+class BrokerError(EnginefarmError):
+    """RabbitMQ could not be reached or refused an operation."""
+
+
+class UnroutableError(BrokerError):
+    """The broker had no queue for a message published as mandatory."""
+
+
+class StoreError(EnginefarmError):
+    """Redis could not be reached or refused an operation."""
+
+
+class SerializationError(EnginefarmError):
+    """An object could not be pickled or unpickled."""
+
+
+class SignatureError(EnginefarmError):
+    """A message or stored value is unsigned, tampered with or malformed.
+
+    ``reason`` is a short machine-readable word (``unsigned``, ``bad-signature``,
+    ``unknown-key``, ``malformed``, ``stale``, ``context``) used for counting.
+    """
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+
+
+class SchedulingError(EnginefarmError):
+    """A target or task cannot be scheduled."""
+
+
+class InvalidEngineID(SchedulingError):
+    """A target is not a registered engine id, or is not a valid target at all."""
+
+
+class NoEnginesRegistered(SchedulingError):
+    """targets='all' was asked for while no engine is registered."""
+
+
+class TimeoutError(EnginefarmError, builtins.TimeoutError):
+    """A wait ran out before the results were ready."""
+
+
+class TaskError(EnginefarmError):
+    """A task id is unknown, or the task is in a state that forbids the request."""
+
+
+class RemoteError(EnginefarmError):
+    """An exception raised on an engine, carried back with its traceback.
+
+    Attributes:
+        ename: the remote exception's class name.
+        evalue: its message.
+        traceback: the formatted remote traceback.
+        engine_id: the engine that raised it (None if it never reached one).
+        task_id: the task it belongs to.
+    """
+
+    def __init__(
+        self,
+        ename: str,
+        evalue: str,
+        traceback: str = "",
+        engine_id: int | None = None,
+        task_id: str | None = None,
+    ) -> None:
+        self.ename = ename
+        self.evalue = evalue
+        self.traceback = traceback
+        self.engine_id = engine_id
+        self.task_id = task_id
+        super().__init__(ename, evalue)
+
+    def __str__(self) -> str:
+        where = f"[engine {self.engine_id}] " if self.engine_id is not None else ""
+        return f"{where}{self.ename}: {self.evalue}"
+
+    def render_traceback(self) -> str:
+        return self.traceback or str(self)
+
+    def raise_exception(self) -> None:
+        """Re-raise this remote failure locally."""
+        raise self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ename": self.ename,
+            "evalue": self.evalue,
+            "traceback": self.traceback,
+            "engine_id": self.engine_id,
+            "task_id": self.task_id,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RemoteError:
+        return cls(
+            data.get("ename", "Error"),
+            data.get("evalue", ""),
+            data.get("traceback", ""),
+            data.get("engine_id"),
+            data.get("task_id"),
+        )
+
+
+class CompositeError(RemoteError):
+    """Several targets failed; ``errors`` lists each one, in target order."""
+
+    def __init__(self, errors: list[RemoteError]) -> None:
+        self.errors = errors
+        lines = [str(err) for err in errors]
+        super().__init__(
+            "CompositeError",
+            f"{len(errors)} targets failed:\n  " + "\n  ".join(lines),
+            "\n".join(err.render_traceback() for err in errors),
+        )
+
+    def __str__(self) -> str:
+        return self.evalue
+
+    def raise_exception(self, index: int = 0) -> None:
+        """Re-raise the failure of one target (the first by default)."""
+        raise self.errors[index]

@@ -1,0 +1,120 @@
+"""A local cluster: engine (and scheduler) daemons as child processes of one foreground command."""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from .config import ENV_PREFIX, Settings
+from .errors import EnginefarmError
+from .keys import KeyRing
+from .names import Names
+from .store import Registry, connect
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def settings_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
+    """An environment that gives a child process exactly these settings."""
+    env = dict(os.environ if base is None else base)
+    for field in dataclasses.fields(settings):
+        env[ENV_PREFIX + field.name.upper()] = str(getattr(settings, field.name))
+    env[ENV_PREFIX + "KEY_FILE"] = settings.resolved_key_file
+    return env
+
+
+def _die_with_parent() -> None:
+    # Engines drain (SIGTERM) if the foreground command disappears without stopping them.
+    try:
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+class LocalCluster:
+    def __init__(self, settings: Settings, engines: int, properties: list[str] | None = None,
+                 extra_args: list[str] | None = None) -> None:
+        self.settings = settings
+        self.count = engines
+        self.properties = properties or []
+        self.extra_args = extra_args or []
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._stop = threading.Event()
+
+    def spawn(self, args: list[str]) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "enginefarm", *args],
+            env=settings_env(self.settings),
+            start_new_session=True,  # the terminal's Ctrl-C reaches only us; we forward one SIGTERM
+            preexec_fn=_die_with_parent,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def start(self, timeout_s: float = 60.0) -> list[int]:
+        """Start the engines and wait until all are registered; returns their ids.
+
+        Raises:
+            EnginefarmError: the key is unusable, or the engines did not come up in time.
+        """
+        KeyRing.from_files(self.settings.resolved_key_file, self.settings.old_key_files)
+        args = ["engine", "--cluster", self.settings.cluster]
+        for prop in self.properties:
+            args += ["--property", prop]
+        for _ in range(self.count):
+            self.spawn(args + self.extra_args)
+        return self.wait_registered(timeout_s)
+
+    def wait_registered(self, timeout_s: float) -> list[int]:
+        registry = Registry(connect(self.settings.redis_url), Names(self.settings.cluster),
+                            self.settings.engine_timeout_s)
+        pids = {p.pid for p in self.procs}
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            dead = [p for p in self.procs if p.poll() is not None]
+            if dead:
+                raise EnginefarmError(f"engine process {dead[0].pid} exited with code {dead[0].returncode}")
+            live = set(registry.live_ids())
+            ours = sorted(eid for eid, info in registry.info().items() if info.get("pid") in pids and eid in live)
+            if len(ours) == self.count:
+                return ours
+            time.sleep(0.05)
+        raise EnginefarmError(f"engines did not register within {timeout_s:g}s")
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._stop.set()
+
+    def wait(self) -> None:
+        """Block until a stop signal, or until every child has exited."""
+        while not self._stop.wait(0.2):
+            if all(p.poll() is not None for p in self.procs):
+                return
+
+    def stop(self, timeout_s: float | None = None) -> None:
+        """SIGTERM every child (they drain), then SIGKILL what is left after ``timeout_s``."""
+        budget = self.settings.drain_timeout_s + 10 if timeout_s is None else timeout_s
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + budget
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                log.warning("process %d did not stop in time; killing it", proc.pid)
+                proc.kill()
+                proc.wait()

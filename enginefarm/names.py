@@ -1,0 +1,103 @@
+"""Every RabbitMQ and Redis name of a cluster, built in one place from the cluster name.
+
+AMQP names use ``<cluster>.<what>``; Redis keys use ``<cluster>:<what>``. Cluster names
+cannot contain '.' or ':' (see config), so no two clusters can collide.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Names:
+    cluster: str
+
+    # --- RabbitMQ -------------------------------------------------------------------
+    @property
+    def direct_exchange(self) -> str:
+        """Direct exchange: routing key = engine id, one bound queue per engine."""
+        return f"{self.cluster}.direct"
+
+    @property
+    def tasks_queue(self) -> str:
+        """Load-balanced submissions, consumed by the scheduler."""
+        return f"{self.cluster}.tasks"
+
+    @property
+    def dead_exchange(self) -> str:
+        return f"{self.cluster}.dlx"
+
+    @property
+    def dead_queue(self) -> str:
+        """Where rejected (unsigned, tampered, undeliverable) messages end up."""
+        return f"{self.cluster}.dead"
+
+    def engine_queue(self, engine_id: int) -> str:
+        return f"{self.cluster}.engine.{engine_id}"
+
+    @staticmethod
+    def engine_routing_key(engine_id: int) -> str:
+        return str(engine_id)
+
+    def fixed_queues(self) -> list[str]:
+        return [self.tasks_queue, self.dead_queue]
+
+    def exchanges(self) -> list[str]:
+        return [self.direct_exchange, self.dead_exchange]
+
+    # --- Redis: engines -------------------------------------------------------------
+    def key(self, *parts: object) -> str:
+        return ":".join([self.cluster, *map(str, parts)])
+
+    @property
+    def engines(self) -> str:
+        """Hash engine_id -> JSON info (host, pid, started)."""
+        return self.key("engines")
+
+    @property
+    def heartbeats(self) -> str:
+        """Sorted set engine_id -> last heartbeat (Redis server time, seconds)."""
+        return self.key("heartbeats")
+
+    def engine_properties(self, engine_id: int) -> str:
+        return self.key("engine", engine_id, "props")
+
+    def engine_running(self, engine_id: int) -> str:
+        """The task id an engine is running right now (absent when idle)."""
+        return self.key("engine", engine_id, "running")
+
+    def engine_pending(self, engine_id: int) -> str:
+        """Set of task ids routed to an engine and not finished yet."""
+        return self.key("engine", engine_id, "pending")
+
+    def reap_lock(self, engine_id: int) -> str:
+        return self.key("engine", engine_id, "reaping")
+
+    # --- Redis: tasks ---------------------------------------------------------------
+    def task(self, task_id: str) -> str:
+        """Hash: the task record (see store.records)."""
+        return self.key("task", task_id)
+
+    @property
+    def history(self) -> str:
+        """Sorted set task_id -> submitted time: the hub history, oldest first."""
+        return self.key("history")
+
+    def status_index(self, status: str) -> str:
+        return self.key("idx", "status", status)
+
+    def engine_index(self, engine_id: int | str) -> str:
+        return self.key("idx", "engine", engine_id)
+
+    def client_inbox(self, client_id: str) -> str:
+        """List of task ids whose outcome was recorded, for the client that sent them."""
+        return self.key("client", client_id, "inbox")
+
+    def counter(self, name: str) -> str:
+        return self.key("stats", name)
+
+    @property
+    def pattern(self) -> str:
+        """Glob matching every Redis key of the cluster."""
+        return f"{self.cluster}:*"

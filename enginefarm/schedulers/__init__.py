@@ -1,0 +1,1 @@
+"""Scheduling policies and the scheduler daemon that applies them."""

@@ -1,0 +1,10 @@
+"""Redis: the engine registry, task records, results and the history.
+
+The only part of enginefarm that imports redis. Key names come from ``enginefarm.names``.
+"""
+
+from .connection import connect, translate_errors
+from .records import Records, TaskRecord
+from .registry import Registry
+
+__all__ = ["Records", "Registry", "TaskRecord", "connect", "translate_errors"]

@@ -1,0 +1,228 @@
+"""The engine registry: id allocation, heartbeats, liveness and engine properties.
+
+Liveness is judged on Redis server time (``TIME`` inside scripts), so engines on machines
+with skewed clocks agree on who is alive.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import redis
+
+from ..names import Names
+from .connection import translate_errors
+
+# Lowest free id wins, so a restarted cluster gets ids 0..n-1 again. An id stays taken until
+# its engine is unregistered (cleanly or by a reaper), so a dead engine's queue is never
+# inherited by a newcomer. The engine is not live (not in the heartbeat set) until it
+# activates, which it does once its queue exists.
+_REGISTER = """
+local t = redis.call('TIME')
+local info = cjson.decode(ARGV[2])
+info['registered'] = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local encoded = cjson.encode(info)
+for id = 0, tonumber(ARGV[1]) - 1 do
+  if redis.call('HSETNX', KEYS[1], id, encoded) == 1 then
+    return id
+  end
+end
+return -1
+"""
+
+_ACTIVATE = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[2], tonumber(t[1]) + tonumber(t[2]) / 1e6, ARGV[1])
+return 1
+"""
+
+# An engine removed from the heartbeat set has been declared dead: it must not come back.
+_HEARTBEAT = """
+if redis.call('ZSCORE', KEYS[2], ARGV[1]) == false or redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+  return 0
+end
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[2], tonumber(t[1]) + tonumber(t[2]) / 1e6, ARGV[1])
+return 1
+"""
+
+# ARGV[1] = timeout; ARGV[2] = 'live' or 'stale'
+_BY_AGE = """
+local t = redis.call('TIME')
+local cutoff = tonumber(t[1]) + tonumber(t[2]) / 1e6 - tonumber(ARGV[1])
+if ARGV[2] == 'live' then
+  return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. cutoff, '+inf')
+end
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cutoff)
+"""
+
+
+def _json_value(key: str, value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"property {key!r} must be JSON-serializable: {exc}") from exc
+
+
+class Registry:
+    """Engines of one cluster, as seen in Redis."""
+
+    def __init__(self, redis_client: redis.Redis, names: Names, engine_timeout_s: float) -> None:
+        self.redis = redis_client
+        self.names = names
+        self.engine_timeout_s = engine_timeout_s
+        self._register = redis_client.register_script(_REGISTER)
+        self._heartbeat = redis_client.register_script(_HEARTBEAT)
+        self._activate = redis_client.register_script(_ACTIVATE)
+        self._by_age = redis_client.register_script(_BY_AGE)
+
+    # --- membership ----------------------------------------------------------------
+    def register(self, info: dict[str, Any], max_engines: int) -> int:
+        """Take the lowest free engine id; -1 when ``max_engines`` are registered.
+
+        Raises:
+            StoreError: Redis is unavailable.
+        """
+        with translate_errors():
+            return int(
+                self._register(
+                    keys=[self.names.engines, self.names.heartbeats],
+                    args=[max_engines, json.dumps(info)],
+                )
+            )
+
+    def activate(self, engine_id: int) -> bool:
+        """Make a registered engine live (targetable); call once its queue exists."""
+        with translate_errors():
+            return bool(self._activate(keys=[self.names.engines, self.names.heartbeats], args=[engine_id]))
+
+    def heartbeat(self, engine_id: int) -> bool:
+        """Refresh liveness; False means this engine was declared dead and must stop."""
+        with translate_errors():
+            return bool(
+                self._heartbeat(keys=[self.names.engines, self.names.heartbeats], args=[engine_id])
+            )
+
+    def mark_dead(self, engine_id: int) -> bool:
+        """Take an engine out of the live set (its id stays reserved). True if it was in it."""
+        with translate_errors():
+            return bool(self.redis.zrem(self.names.heartbeats, engine_id))
+
+    def unregister(self, engine_id: int) -> None:
+        """Forget an engine entirely and free its id."""
+        names = self.names
+        with translate_errors():
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.zrem(names.heartbeats, engine_id)
+            pipe.hdel(names.engines, engine_id)
+            pipe.delete(
+                names.engine_properties(engine_id),
+                names.engine_running(engine_id),
+                names.engine_pending(engine_id),
+            )
+            pipe.execute()
+
+    def live_ids(self) -> list[int]:
+        """Engines whose heartbeat is fresher than the timeout, sorted."""
+        with translate_errors():
+            ids = self._by_age(keys=[self.names.heartbeats], args=[self.engine_timeout_s, "live"])
+        return sorted(int(i) for i in ids)
+
+    def stale_ids(self) -> list[int]:
+        """Registered engines whose heartbeat is older than the timeout."""
+        with translate_errors():
+            ids = self._by_age(keys=[self.names.heartbeats], args=[self.engine_timeout_s, "stale"])
+        return sorted(int(i) for i in ids)
+
+    def orphan_ids(self) -> list[int]:
+        """Ids held in the registry, never live or no longer live, for longer than twice the timeout.
+
+        These are left by an engine that died while starting, or a reaper that died midway.
+        """
+        with translate_errors():
+            held = self.redis.hgetall(self.names.engines)
+            beating = {int(i) for i in self.redis.zrange(self.names.heartbeats, 0, -1)}
+            seconds, micros = self.redis.time()
+        cutoff = seconds + micros / 1e6 - 2 * self.engine_timeout_s
+        return sorted(
+            int(eid) for eid, info in held.items()
+            if int(eid) not in beating and json.loads(info).get("registered", 0) < cutoff
+        )
+
+    def info(self, engine_id: int | None = None) -> dict[int, dict[str, Any]]:
+        """Registration info (host, pid, started, heartbeat) of one or all engines."""
+        with translate_errors():
+            if engine_id is None:
+                raw = self.redis.hgetall(self.names.engines)
+            else:
+                value = self.redis.hget(self.names.engines, engine_id)
+                raw = {engine_id: value} if value is not None else {}
+            beats = dict(self.redis.zrange(self.names.heartbeats, 0, -1, withscores=True))
+        result: dict[int, dict[str, Any]] = {}
+        for key, value in raw.items():
+            eid = int(key)
+            entry = json.loads(value)
+            entry["last_heartbeat"] = beats.get(str(eid).encode())
+            result[eid] = entry
+        return result
+
+    def lock_reaping(self, engine_id: int, ttl_s: int = 60) -> bool:
+        """Only one reaper settles a dead engine; the lock expires if that reaper dies."""
+        with translate_errors():
+            return bool(self.redis.set(self.names.reap_lock(engine_id), "1", nx=True, ex=ttl_s))
+
+    def unlock_reaping(self, engine_id: int) -> None:
+        with translate_errors():
+            self.redis.delete(self.names.reap_lock(engine_id))
+
+    # --- what an engine is doing ----------------------------------------------------
+    def running(self, engine_id: int) -> str | None:
+        with translate_errors():
+            value = self.redis.get(self.names.engine_running(engine_id))
+        return value.decode() if value is not None else None
+
+    def pending(self, engine_id: int) -> set[str]:
+        with translate_errors():
+            return {v.decode() for v in self.redis.smembers(self.names.engine_pending(engine_id))}
+
+    def pending_count(self, engine_id: int) -> int:
+        with translate_errors():
+            return int(self.redis.scard(self.names.engine_pending(engine_id)))
+
+    # --- properties (JSON values) ----------------------------------------------------
+    def set_properties(self, engine_id: int, properties: dict[str, Any]) -> None:
+        """Raises: ValueError for a value that is not JSON-serializable."""
+        if not properties:
+            return
+        encoded = {str(k): _json_value(k, v) for k, v in properties.items()}
+        with translate_errors():
+            self.redis.hset(self.names.engine_properties(engine_id), mapping=encoded)
+
+    def get_properties(self, engine_id: int, keys: list[str] | None = None) -> dict[str, Any]:
+        key = self.names.engine_properties(engine_id)
+        with translate_errors():
+            if keys is None:
+                raw = {k.decode(): v for k, v in self.redis.hgetall(key).items()}
+            else:
+                values = self.redis.hmget(key, keys) if keys else []
+                raw = {k: v for k, v in zip(keys, values) if v is not None}
+        return {k: json.loads(v) for k, v in raw.items()}
+
+    def has_properties(self, engine_id: int, keys: list[str]) -> list[bool]:
+        key = self.names.engine_properties(engine_id)
+        with translate_errors():
+            pipe = self.redis.pipeline(transaction=False)
+            for name in keys:
+                pipe.hexists(key, name)
+            return [bool(v) for v in pipe.execute()]
+
+    def del_properties(self, engine_id: int, keys: list[str]) -> None:
+        if keys:
+            with translate_errors():
+                self.redis.hdel(self.names.engine_properties(engine_id), *keys)
+
+    def clear_properties(self, engine_id: int) -> None:
+        with translate_errors():
+            self.redis.delete(self.names.engine_properties(engine_id))

@@ -1,0 +1,192 @@
+"""What an engine can be asked to do, run inside the child process that holds the namespace.
+
+Each command takes the engine's state and the unpickled request, and returns a value that is
+pickled back. Exceptions propagate to ``run_command``, which turns them into error outcomes.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import serialization
+
+
+@dataclass
+class EngineState:
+    """The persistent namespace and the history of executed code."""
+
+    namespace: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.namespace.clear()
+        self.namespace.update({"__name__": "__main__", "__builtins__": builtins})
+
+
+class CappedWriter(io.TextIOBase):
+    """A text sink that keeps the first ``cap`` bytes and counts the rest."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.parts: list[str] = []
+        self.size = 0
+        self.dropped = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        room = self.cap - self.size
+        if room > 0:
+            piece = text[:room]
+            self.parts.append(piece)
+            self.size += len(piece)
+            self.dropped += len(text) - len(piece)
+        else:
+            self.dropped += len(text)
+        return len(text)
+
+    def getvalue(self) -> str:
+        text = "".join(self.parts)
+        if self.dropped:
+            text += f"\n[enginefarm: output truncated, {self.dropped} more characters dropped]\n"
+        return text
+
+
+def _names(request: Any) -> list[str]:
+    return [request] if isinstance(request, str) else list(request)
+
+
+def cmd_execute(state: EngineState, code: str) -> None:
+    entry = {"number": len(state.history), "input": code, "stdout": "", "stderr": ""}
+    state.history.append(entry)
+    exec(compile(code, f"<execute-{entry['number']}>", "exec"), state.namespace)
+
+
+def cmd_apply(state: EngineState, request: tuple[Callable[..., Any], tuple, dict]) -> Any:
+    func, args, kwargs = request
+    return func(*args, **kwargs)
+
+
+def cmd_push(state: EngineState, mapping: dict[str, Any]) -> None:
+    state.namespace.update(mapping)
+
+
+def cmd_pull(state: EngineState, request: str | list[str]) -> Any:
+    missing = [n for n in _names(request) if n not in state.namespace]
+    if missing:
+        raise NameError(f"name(s) not defined on the engine: {', '.join(missing)}")
+    if isinstance(request, str):
+        return state.namespace[request]
+    return [state.namespace[n] for n in request]
+
+
+def cmd_reset(state: EngineState, request: Any) -> None:
+    state.reset()
+
+
+def cmd_keys(state: EngineState, request: Any) -> list[str]:
+    return sorted(k for k in state.namespace if not (k.startswith("__") and k.endswith("__")))
+
+
+def cmd_get_result(state: EngineState, index: int | None) -> dict[str, Any]:
+    if not state.history:
+        raise IndexError("no code has been executed on this engine yet")
+    entry = state.history[-1 if index is None else index]
+    return dict(entry)
+
+
+def cmd_kill(state: EngineState, request: Any) -> None:
+    """The supervisor stops the engine after recording this command's outcome."""
+
+
+def cmd_string_task(state: EngineState, request: dict[str, Any]) -> dict[str, Any]:
+    state.namespace.update(request.get("push") or {})
+    exec(compile(request["expression"], "<string-task>", "exec"), state.namespace)
+    return {name: state.namespace[name] for name in cmd_pull_list(state, request.get("pull"))}
+
+
+def cmd_pull_list(state: EngineState, pull: Any) -> list[str]:
+    names = [] if pull is None else _names(pull)
+    missing = [n for n in names if n not in state.namespace]
+    if missing:
+        raise NameError(f"name(s) not defined after the task ran: {', '.join(missing)}")
+    return names
+
+
+COMMANDS: dict[str, Callable[[EngineState, Any], Any]] = {
+    "execute": cmd_execute,
+    "apply": cmd_apply,
+    "map_task": cmd_apply,
+    "string_task": cmd_string_task,
+    "push": cmd_push,
+    "push_function": cmd_push,
+    "pull": cmd_pull,
+    "pull_function": cmd_pull,
+    "reset": cmd_reset,
+    "keys": cmd_keys,
+    "get_result": cmd_get_result,
+    "kill": cmd_kill,
+}
+
+
+def error_outcome(exc: BaseException, stage: str = "") -> dict[str, Any]:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    evalue = str(exc)
+    if stage:
+        evalue = f"{evalue} (while {stage})"
+    return {"ok": False, "error": {"ename": type(exc).__name__, "evalue": evalue, "traceback": tb}}
+
+
+def run_command(state: EngineState, header: dict[str, Any], payload: bytes, cap: int) -> dict[str, Any]:
+    """Run one request; never raises. Returns the outcome the supervisor records."""
+    kind = header.get("kind", "")
+    command = COMMANDS.get(kind)
+    if command is None:
+        return error_outcome(ValueError(f"unknown command {kind!r}"))
+    try:
+        request = serialization.loads(payload, f"the {kind} request") if payload else None
+    except Exception as exc:
+        return error_outcome(exc)
+    if header.get("clear_before"):
+        state.reset()
+    out, err = CappedWriter(cap), CappedWriter(cap)
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = out, err
+    try:
+        value = command(state, request)
+        outcome: dict[str, Any] = {"ok": True}
+    except BaseException as exc:  # user code may raise SystemExit or KeyboardInterrupt too
+        outcome = error_outcome(exc)
+        value = None
+    finally:
+        sys.stdout, sys.stderr = saved
+        if header.get("clear_after"):
+            state.reset()
+    if kind == "execute" and state.history:
+        state.history[-1].update(stdout=out.getvalue(), stderr=err.getvalue())
+    outcome.update(stdout=out.getvalue(), stderr=err.getvalue())
+    if outcome["ok"]:
+        try:
+            outcome["value"] = serialization.dumps(value, f"the result of {kind}")
+            outcome["summary"] = _summary(value)
+        except Exception as exc:
+            outcome.update(error_outcome(exc))
+    return outcome
+
+
+def _summary(value: Any, limit: int = 200) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

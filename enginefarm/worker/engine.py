@@ -1,0 +1,285 @@
+"""The engine daemon: a supervisor around one child process that runs user code.
+
+Threads of the supervisor:
+- main: the broker I/O loop (deliveries, acks, AMQP heartbeats); never blocks on user code;
+- worker: takes deliveries one at a time, claims the task in Redis, runs it in the child,
+  records the outcome, then acks;
+- heartbeat: refreshes liveness in Redis and reaps peers that stopped heartbeating.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from ..broker import BrokerConnection, Consumer, Delivery, Publisher
+from ..broker.topology import declare_cluster, declare_engine_queue
+from ..config import Settings
+from ..errors import EnginefarmError, SignatureError, StoreError
+from ..keys import KeyRing
+from ..names import Names
+from ..protocol import open_envelope
+from ..recovery import Reaper
+from ..store import Records, Registry, connect
+from ..store.records import COMPLETED, FAILED
+from .executor import Executor, Outcome
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DEAD_REASON_HEADER = "x-enginefarm-reason"
+
+
+class AckOnce:
+    """Acks a delivery exactly once, whether custody or completion comes first."""
+
+    def __init__(self, consumer: Consumer, delivery: Delivery) -> None:
+        self._consumer = consumer
+        self._delivery = delivery
+        self._lock = threading.Lock()
+        self._done = False
+
+    def __call__(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+        self._consumer.ack(self._delivery)
+
+
+class Engine:
+    def __init__(self, settings: Settings, properties: dict[str, Any] | None = None) -> None:
+        self.settings = settings
+        self.properties = dict(properties or {})
+        self.names = Names(settings.cluster)
+        self.engine_id: int = -1
+        self.exit_code = 0
+        self._deliveries: queue.Queue[Delivery] = queue.Queue()
+        self._draining = threading.Event()
+        self._stop_io = threading.Event()
+        self._dead = threading.Event()
+        self._stop_requests = 0
+        self._activated = False
+
+    # --- lifecycle -----------------------------------------------------------------
+    def setup(self) -> None:
+        """Connect, register and start the child. Raises EnginefarmError with a clear message."""
+        s = self.settings
+        self.ring = KeyRing.from_files(s.resolved_key_file, s.old_key_files)
+        redis_client = connect(s.redis_url)
+        self.registry = Registry(redis_client, self.names, s.engine_timeout_s)
+        self.records = Records(redis_client, self.names, self.ring)
+        info = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+        self.engine_id = self.registry.register(info, s.max_engines)
+        if self.engine_id < 0:
+            raise EnginefarmError(f"cluster {s.cluster!r} already has {s.max_engines} engines")
+        self.registry.set_properties(self.engine_id, self.properties)
+        self.executor = Executor(s.output_cap_bytes)
+        self.executor.start()
+        self.consumer = Consumer(
+            s.amqp_url,
+            setup=self._declare,
+            on_message=self._deliveries.put,
+            prefetch=s.prefetch,
+            heartbeat_s=s.amqp_heartbeat_s,
+            name=f"enginefarm-engine-{s.cluster}-{self.engine_id}",
+        )
+        self.publisher = Publisher(s.amqp_url, s.amqp_heartbeat_s, f"enginefarm-engine-{self.engine_id}-pub")
+        self.reaper = Reaper(
+            self.registry,
+            self.records,
+            BrokerConnection(s.amqp_url, s.amqp_heartbeat_s, f"enginefarm-engine-{self.engine_id}-reaper"),
+            self.names,
+            s.engine_timeout_s,
+        )
+
+    def _declare(self, channel: Any) -> str:
+        declare_cluster(channel, self.names)
+        queue_name = declare_engine_queue(channel, self.names, self.engine_id)
+        if not self._activated:
+            # Only now can clients route to us: the queue exists and consuming starts next.
+            self._retry_store(lambda: self.registry.activate(self.engine_id))
+            self._activated = True
+        return queue_name
+
+    def run(self, on_ready: Callable[[int], None] | None = None) -> int:
+        """Serve until stopped; returns the process exit code."""
+        self.setup()
+        log.info("engine %d of cluster %r registered (pid %d)", self.engine_id, self.settings.cluster, os.getpid())
+        threads = [
+            threading.Thread(target=self._work, name="worker", daemon=True),
+            threading.Thread(target=self._beat, name="heartbeat", daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
+        if on_ready is not None:
+            threading.Thread(target=self._announce, args=(on_ready,), daemon=True).start()
+        try:
+            self.consumer.run(self._stop_io)
+        finally:
+            self._draining.set()
+            for thread in threads:
+                thread.join(timeout=10)
+            self.consumer.close()
+            self.publisher.close()
+            self.reaper.broker.close()
+            self.executor.stop()
+        log.info("engine %d stopped (exit %d)", self.engine_id, self.exit_code)
+        return self.exit_code
+
+    def _announce(self, on_ready: Callable[[int], None]) -> None:
+        if self.consumer.ready.wait(timeout=120):
+            on_ready(self.engine_id)
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.request_stop("SIGTERM"))
+        signal.signal(signal.SIGINT, lambda *_: self.request_stop("SIGINT"))
+
+    def request_stop(self, why: str) -> None:
+        """First call: drain (finish the running task). Second: interrupt it."""
+        self._stop_requests += 1
+        if self._stop_requests == 1:
+            log.info("engine %d draining (%s)", self.engine_id, why)
+            self._draining.set()
+            self.consumer.pause()
+            budget = self.settings.drain_timeout_s
+            timer = threading.Timer(budget, self.executor.interrupt, [f"drain budget of {budget:g}s ran out"])
+            timer.daemon = True
+            timer.start()
+        else:
+            self.executor.interrupt(f"engine stopped ({why} while draining)")
+
+    # --- worker thread -------------------------------------------------------------
+    def _work(self) -> None:
+        try:
+            while not self._dead.is_set():
+                try:
+                    delivery = self._deliveries.get(timeout=0.1)
+                except queue.Empty:
+                    if self._draining.is_set():
+                        break
+                    continue
+                if self._draining.is_set():
+                    break  # not started: settled below with the rest of our queue
+                self._handle(delivery)
+            if not self._dead.is_set():
+                self._leave()
+        except Exception:
+            log.exception("engine %d worker failed", self.engine_id)
+            self.exit_code = 1
+        finally:
+            self._stop_io.set()
+
+    def _handle(self, delivery: Delivery) -> None:
+        ack = AckOnce(self.consumer, delivery)
+        try:
+            envelope = open_envelope(self.ring, delivery.body, self.settings.max_message_age_s)
+        except SignatureError as exc:
+            self._dead_letter(delivery, exc)
+            ack()
+            return
+        header = envelope.header
+        task_id = str(header.get("task_id", ""))
+        claimed, previous = self._retry_store(lambda: self.records.claim(task_id, self.engine_id))
+        if not claimed:
+            log.info("engine %d skips task %s (%s)", self.engine_id, task_id, previous or "no record")
+            ack()
+            return
+        timeout_s = float(header.get("timeout") or self.settings.task_timeout_s or 0)
+        # Long tasks hand custody to the record in Redis, so the broker's consumer timeout
+        # never closes our channel; a reaper settles the record if this engine dies.
+        custody = threading.Timer(self.settings.custody_after_s, ack)
+        custody.daemon = True
+        custody.start()
+        try:
+            outcome = self.executor.run(header, envelope.payload, timeout_s)
+        finally:
+            custody.cancel()
+        self._retry_store(lambda: self._record(task_id, outcome))
+        ack()
+        if header.get("kind") == "kill" and outcome.ok:
+            self.request_stop("killed by a client")
+
+    def _record(self, task_id: str, outcome: Outcome) -> bool:
+        fields: dict[str, Any] = {"stdout": outcome.stdout, "stderr": outcome.stderr}
+        if outcome.ok:
+            fields["summary"] = outcome.summary
+            fields["result"] = self.records.seal_value(task_id, "result", outcome.value or b"")
+        else:
+            fields["error"] = json.dumps({**(outcome.error or {}), "engine_id": self.engine_id})
+        if outcome.namespace_lost:
+            fields["namespace_lost"] = "1"
+        return self.records.finish(task_id, COMPLETED if outcome.ok else FAILED, fields)
+
+    def _dead_letter(self, delivery: Delivery, exc: SignatureError) -> None:
+        queue_name = self.names.engine_queue(self.engine_id)
+        log.warning("engine %d dead-letters a message from %s: %s", self.engine_id, queue_name, exc)
+        try:
+            self.publisher.publish(
+                self.names.dead_exchange,
+                "",
+                delivery.body,
+                headers={DEAD_REASON_HEADER: exc.reason, "x-enginefarm-queue": queue_name},
+                mandatory=False,
+            )
+            self.records.count(f"dead_lettered:{exc.reason}")
+        except EnginefarmError:
+            log.exception("could not dead-letter with a reason; rejecting to the queue's DLX")
+            self.consumer.reject(delivery, requeue=False)
+
+    def _retry_store(self, action: Callable[[], T]) -> T:
+        """Retry a Redis write until it lands: nothing is acked while Redis is away."""
+        delay = 0.1
+        while True:
+            try:
+                return action()
+            except StoreError as exc:
+                if self._dead.is_set():
+                    raise
+                log.warning("engine %d waits for Redis: %s", self.engine_id, exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _leave(self) -> None:
+        """Clean exit: settle what was routed here, remove the queue, free the id."""
+        self._retry_store(lambda: self.reaper.reap(self.engine_id, "shut down"))
+
+    # --- heartbeat thread ----------------------------------------------------------
+    def _beat(self) -> None:
+        interval = self.settings.heartbeat_interval_s
+        while not self._stop_io.wait(interval):
+            try:
+                alive = self.registry.heartbeat(self.engine_id)
+                self.reaper.observe(True)
+            except StoreError as exc:
+                self.reaper.observe(False)
+                log.warning("engine %d cannot heartbeat: %s", self.engine_id, exc)
+                continue
+            if not alive:
+                if not self._draining.is_set():
+                    self._declared_dead()
+                return
+            if self._draining.is_set():
+                continue
+            try:
+                self.reaper.broker.keepalive()
+                self.reaper.reap_stale()
+            except EnginefarmError as exc:
+                log.warning("engine %d could not reap peers: %s", self.engine_id, exc)
+
+    def _declared_dead(self) -> None:
+        """Another process judged us dead and settled our tasks: stop at once."""
+        log.error("engine %d was declared dead by the cluster; exiting", self.engine_id)
+        self.exit_code = 1
+        self._dead.set()
+        self._draining.set()
+        self.executor.interrupt("engine declared dead")
+        self._stop_io.set()

@@ -1,0 +1,125 @@
+"""The supervisor's side of the child process: start it, run a request, stop it when needed."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    value: bytes | None = None
+    summary: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    error: dict[str, Any] | None = None
+    # The child was killed or died: the namespace is gone.
+    namespace_lost: bool = False
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return str(-code)
+
+
+class Executor:
+    """One child process at a time; ``run`` is called from a single worker thread."""
+
+    def __init__(self, output_cap_bytes: int) -> None:
+        self.cap = output_cap_bytes
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.conn: Connection | None = None
+        self._interrupt = threading.Event()
+        self._reason = ""
+
+    def start(self) -> None:
+        parent, child = socket.socketpair()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "enginefarm.worker.child", str(child.fileno()), str(os.getpid()), str(self.cap)],
+            pass_fds=(child.fileno(),),
+            stdin=subprocess.DEVNULL,
+        )
+        child.close()
+        self.conn = Connection(parent.detach())
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def interrupt(self, reason: str) -> None:
+        """Stop the running request (from any thread): the child is killed and replaced."""
+        self._reason = reason
+        self._interrupt.set()
+
+    def run(self, header: dict[str, Any], payload: bytes, timeout_s: float = 0.0) -> Outcome:
+        if self.proc is None or self.proc.poll() is not None:
+            self.restart()
+        assert self.conn is not None
+        self._interrupt.clear()
+        self.conn.send_bytes(pickle.dumps((header, payload), protocol=pickle.HIGHEST_PROTOCOL))
+        deadline = time.monotonic() + timeout_s if timeout_s > 0 else None
+        while True:
+            try:
+                if self.conn.poll(0.05):
+                    raw = self.conn.recv_bytes()
+                    return Outcome(**pickle.loads(raw))
+            except (EOFError, OSError):
+                return self._died()
+            if self._interrupt.is_set():
+                return self._kill("TaskInterrupted", self._reason)
+            if deadline is not None and time.monotonic() > deadline:
+                return self._kill("TaskTimeout", f"task exceeded its time limit of {timeout_s:g}s")
+
+    def _died(self) -> Outcome:
+        assert self.proc is not None
+        code = self.proc.wait()
+        how = f"signal {_signal_name(code)}" if code < 0 else f"exit code {code}"
+        self.restart()
+        return Outcome(
+            ok=False,
+            error={
+                "ename": "EngineProcessDied",
+                "evalue": f"the engine's process died while running the task ({how}); its namespace was lost",
+                "traceback": "",
+            },
+            namespace_lost=True,
+        )
+
+    def _kill(self, ename: str, evalue: str) -> Outcome:
+        self.stop()
+        self.start()
+        return Outcome(
+            ok=False,
+            error={"ename": ename, "evalue": f"{evalue}; the engine's namespace was lost", "traceback": ""},
+            namespace_lost=True,
+        )
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        elif proc is not None:
+            proc.wait()
