@@ -1,0 +1,161 @@
+"""Real clusters for tests: engine (and scheduler) daemons as subprocesses, stopped by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pika
+import redis
+
+from enginefarm.config import Settings
+from enginefarm.local import settings_env
+from enginefarm.names import Names
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float = 30.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.01
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[bytes]
+    log_path: str
+    engine_id: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def signal(self, signum: int) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signum)
+
+    def wait(self, timeout_s: float = 60.0) -> int:
+        return self.proc.wait(timeout=timeout_s)
+
+    def log(self) -> str:
+        with open(self.log_path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()
+
+
+@dataclass
+class Cluster:
+    settings: Settings
+    tmp_dir: str
+    daemons: list[Daemon] = field(default_factory=list)
+
+    @property
+    def names(self) -> Names:
+        return Names(self.settings.cluster)
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.settings.redis_url)
+
+    def spawn(self, args: list[str], env_extra: dict[str, str] | None = None) -> Daemon:
+        log_path = os.path.join(self.tmp_dir, f"daemon-{len(self.daemons)}.log")
+        env = settings_env(self.settings)
+        env.update(env_extra or {})
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "enginefarm", "--log-level", "DEBUG", *args],
+                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+        daemon = Daemon(proc, log_path)
+        self.daemons.append(daemon)
+        return daemon
+
+    def start_engine(self, properties: dict[str, str] | None = None, wait: bool = True,
+                     env_extra: dict[str, str] | None = None) -> Daemon:
+        args = ["engine", "--cluster", self.settings.cluster]
+        for key, value in (properties or {}).items():
+            args += ["--property", f"{key}={value}"]
+        daemon = self.spawn(args, env_extra)
+        if wait:
+            daemon.engine_id = self.wait_engine(daemon)
+        return daemon
+
+    def start_engines(self, count: int, **kwargs: Any) -> list[Daemon]:
+        daemons = [self.start_engine(wait=False, **kwargs) for _ in range(count)]
+        for daemon in daemons:
+            daemon.engine_id = self.wait_engine(daemon)
+        return daemons
+
+    def wait_engine(self, daemon: Daemon, timeout_s: float = 60.0) -> int:
+        """The id of ``daemon`` once it is registered and live."""
+        from enginefarm.store import Registry
+
+        registry = Registry(self.redis(), self.names, self.settings.engine_timeout_s)
+
+        def registered() -> int | None:
+            if daemon.proc.poll() is not None:
+                raise AssertionError(f"engine exited with {daemon.proc.returncode}:\n{daemon.log()}")
+            live = set(registry.live_ids())
+            for eid, info in registry.info().items():
+                if info.get("pid") == daemon.pid and eid in live:
+                    return eid + 1  # truthy even for id 0
+            return None
+
+        return wait_for(registered, timeout_s, f"engine pid {daemon.pid} to register") - 1
+
+    def stop_all(self) -> None:
+        for daemon in self.daemons:
+            daemon.signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for daemon in self.daemons:
+            try:
+                daemon.proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                daemon.proc.kill()
+                daemon.proc.wait()
+
+    def teardown(self) -> None:
+        """Stop every daemon by PID, then remove every queue, exchange and key of the cluster."""
+        self.stop_all()
+        remove_cluster(self.settings)
+
+
+def remove_cluster(settings: Settings, max_engine_id: int = 64) -> None:
+    names = Names(settings.cluster)
+    conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    try:
+        channel = conn.channel()
+        for queue in [*names.fixed_queues(), *(names.engine_queue(i) for i in range(max_engine_id))]:
+            channel.queue_delete(queue)
+        for exchange in names.exchanges():
+            channel.exchange_delete(exchange)
+    finally:
+        conn.close()
+    client = redis.Redis.from_url(settings.redis_url)
+    keys = list(client.scan_iter(match=names.pattern, count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def queue_exists(settings: Settings, queue: str) -> bool:
+    conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    try:
+        conn.channel().queue_declare(queue, passive=True)
+        return True
+    except pika.exceptions.ChannelClosedByBroker:
+        return False
+    finally:
+        if conn.is_open:
+            conn.close()
