@@ -1,6 +1,7 @@
 """enginefarm: IPython-style engines and task farming on RabbitMQ and Redis."""
 
 from .client import AsyncResult, Client, DirectView
+from .client.tasks import MapTask, ResultNS, StringTask, TaskResult
 from .config import Settings
 from .errors import (
     CompositeError,
@@ -18,5 +19,5 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncResult", "Client", "CompositeError", "DirectView", "EnginefarmError", "InvalidEngineID",
     "NoEnginesRegistered", "RemoteError", "SerializationError", "Settings", "SignatureError",
-    "TimeoutError",
+    "TimeoutError", "MapTask", "StringTask", "TaskResult", "ResultNS",
 ]

@@ -83,6 +83,27 @@ def engine(cluster: str | None, properties: tuple[str, ...], metrics_port: int |
 
 @main.command()
 @cluster_option
+@click.option("--scheme", default=None, envvar="ENGINEFARM_SCHEME",
+              help="Scheduling scheme: fifo (default), lifo or priority.")
+@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
+def scheduler(cluster: str | None, scheme: str | None, metrics_port: int | None) -> None:
+    """Run the scheduler daemon (a second one waits as a standby)."""
+    import signal
+
+    from .schedulers.daemon import Scheduler
+
+    settings = run_guarded(Settings.load, cluster=cluster, scheme=scheme, metrics_port=metrics_port)
+    try:
+        daemon = Scheduler(settings)
+    except ValueError as exc:
+        raise Fail(str(exc)) from exc
+    signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
+    signal.signal(signal.SIGINT, lambda *_: daemon.stop())
+    sys.exit(run_guarded(daemon.run))
+
+
+@main.command()
+@cluster_option
 @click.option("-n", "--engines", "count", type=int, default=2, show_default=True, help="Number of engines.")
 @click.option("--property", "properties", multiple=True, metavar="KEY=VALUE",
               help="Property given to every engine (repeatable).")

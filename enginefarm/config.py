@@ -58,6 +58,15 @@ class Settings:
     # Engines delivering a task hand it over to Redis after this long, so RabbitMQ's
     # consumer timeout never cuts a long task.
     custody_after_s: float = 600.0
+    # A load-balanced task whose engine (or engine process) dies is run again elsewhere,
+    # until it has lost this many engines; then it fails with EngineLost.
+    max_engine_losses: int = 3
+    # Load-balanced tasks the scheduler keeps outstanding on each engine.
+    scheduler_slots: int = 2
+    # Scheduling scheme: fifo, lifo or priority.
+    scheme: str = "fifo"
+    # A retry avoids engines that failed the task for this long, if another engine is alive.
+    failure_penalty_s: float = 5.0
     # Budget for finishing the running task after SIGTERM.
     drain_timeout_s: float = 60.0
     metrics_port: int = 0

@@ -1,4 +1,4 @@
-"""A local cluster: engine (and scheduler) daemons as child processes of one foreground command."""
+"""A local cluster: a scheduler and engine daemons as child processes of one foreground command."""
 
 from __future__ import annotations
 
@@ -68,6 +68,7 @@ class LocalCluster:
             EnginefarmError: the key is unusable, or the engines did not come up in time.
         """
         KeyRing.from_files(self.settings.resolved_key_file, self.settings.old_key_files)
+        self.spawn(["scheduler", "--cluster", self.settings.cluster])
         args = ["engine", "--cluster", self.settings.cluster]
         for prop in self.properties:
             args += ["--property", prop]

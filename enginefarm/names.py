@@ -90,6 +90,27 @@ class Names:
     def engine_index(self, engine_id: int | str) -> str:
         return self.key("idx", "engine", engine_id)
 
+    # --- Redis: scheduler ------------------------------------------------------------
+    @property
+    def scheduler_pending(self) -> str:
+        """Sorted set task_id -> arrival order: load-balanced tasks not yet routed."""
+        return self.key("sched", "pending")
+
+    @property
+    def scheduler_events(self) -> str:
+        """List of task ids whose state changed in a way the scheduler must see."""
+        return self.key("sched", "events")
+
+    @property
+    def scheduler_leader(self) -> str:
+        """Lease held by the active scheduler."""
+        return self.key("sched", "leader")
+
+    @property
+    def properties_version(self) -> str:
+        """Bumped whenever engine properties change (depend must be looked at again)."""
+        return self.key("engine", "props-version")
+
     def client_inbox(self, client_id: str) -> str:
         """List of task ids whose outcome was recorded, for the client that sent them."""
         return self.key("client", client_id, "inbox")

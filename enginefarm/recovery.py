@@ -7,21 +7,17 @@ happen once; every step is idempotent, so a reaper that dies midway is finished 
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Callable
 
 from .broker import BrokerConnection
 from .broker.topology import delete_queue
 from .names import Names
-from .store import Records, Registry
+from .store import Records, Registry, TaskRecord
 from .store.records import PENDING, RUNNING, error_fields
 
 log = logging.getLogger(__name__)
-
-# Called for a load-balanced task whose engine is gone; returns True if it took it back.
-Requeue = Callable[[str, int, bool], bool]
-
 
 class Reaper:
     """Finds engines whose heartbeat stopped and cleans up after them."""
@@ -33,14 +29,14 @@ class Reaper:
         broker: BrokerConnection,
         names: Names,
         engine_timeout_s: float,
-        requeue: Requeue | None = None,
+        max_engine_losses: int = 3,
     ) -> None:
         self.registry = registry
         self.records = records
         self.broker = broker
         self.names = names
         self.engine_timeout_s = engine_timeout_s
-        self.requeue = requeue
+        self.max_engine_losses = max_engine_losses
         self._healthy_since: float | None = None
 
     def observe(self, store_ok: bool) -> None:
@@ -98,12 +94,22 @@ class Reaper:
             if record is None or record.done:
                 continue
             was_running = record.status == RUNNING
-            if record.extra.get("lb") == "1" and self.requeue is not None:
-                if self.requeue(record.task_id, engine_id, was_running):
-                    settled += 1
-                    continue
             stage = "while running" if was_running else "before running"
             error = error_fields("EngineLost", f"engine {engine_id} {why} {stage} this task")
+            if record.extra.get("lb") == "1" and self._hand_back(record, engine_id, was_running, error):
+                settled += 1
+                continue
             if self.records.fail(record.task_id, error, allowed=(PENDING, RUNNING)):
                 settled += 1
         return settled
+
+    def _hand_back(self, record: TaskRecord, engine_id: int, was_running: bool, error: dict[str, str]) -> bool:
+        """A load-balanced task goes back to the scheduler unless it has lost too many engines."""
+        if not was_running:
+            return self.records.requeue(record.task_id, engine_id, "")
+        lost = [e for e in record.extra.get("lost_on", "").split(",") if e]
+        if len(lost) + 1 >= self.max_engine_losses:
+            error["evalue"] += f" (it lost {len(lost) + 1} engines; giving up)"
+            return False
+        fields = {"last_error": json.dumps({**error, "engine_id": engine_id}), "failed_at": repr(time.time())}
+        return self.records.requeue(record.task_id, engine_id, "lost_on", fields=fields)

@@ -76,9 +76,14 @@ class Consumer:
         )
         self.on_message(delivery)
 
-    def run(self, stop: threading.Event, poll_s: float = 0.25) -> None:
-        """Consume until ``stop`` is set, reconnecting whenever the broker goes away."""
+    def run(self, stop: threading.Event, poll_s: float = 0.25, tick: Callable[[], None] | None = None) -> None:
+        """Consume until ``stop`` is set, reconnecting whenever the broker goes away.
+
+        ``tick`` is called on this thread at least every ``poll_s`` seconds.
+        """
         while not stop.is_set():
+            if tick is not None:
+                tick()
             try:
                 if not self._paused.is_set():
                     self._start()

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ..errors import CompositeError, RemoteError, TimeoutError
+from .progress import ProgressBar
 
 if TYPE_CHECKING:
     from .client import Client
@@ -118,6 +119,73 @@ class AsyncResult:
     def __iter__(self) -> Iterator[Any]:
         value = self.get()
         yield from ([value] if self._single else value)
+
+    @property
+    def progress(self) -> int:
+        """How many of the tasks have finished."""
+        self._client.wait(self.task_ids, timeout=0)
+        return sum(1 for t in self.task_ids if t in self._client.results)
+
+    def wait_interactive(self, interval_s: float = 0.25, timeout: float | None = None,
+                         stream: TextIO | None = None) -> bool:
+        """Wait like ``wait``, drawing a progress bar when the output is a terminal."""
+        bar = ProgressBar(len(self), stream=stream)
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        while not self.wait(interval_s):
+            bar.update(self.progress)
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+        bar.finish(self.progress)
+        return True
+
+
+class AsyncMapResult(AsyncResult):
+    """A load-balanced map: one task per chunk, items in the order of the input.
+
+    Iterating yields items as their chunks finish: in order when ``ordered``, else in the
+    order chunks complete. ``len()`` and ``progress`` count items, not chunks.
+    """
+
+    def __init__(self, client: Client, task_ids: list[str], chunk_sizes: list[int], ordered: bool = True) -> None:
+        super().__init__(client, task_ids, single=False, kind="map")
+        self.chunk_sizes = list(chunk_sizes)
+        self.ordered = ordered
+
+    def __len__(self) -> int:
+        return sum(self.chunk_sizes)
+
+    @property
+    def progress(self) -> int:
+        self._client.wait(self.task_ids, timeout=0)
+        return sum(n for t, n in zip(self.task_ids, self.chunk_sizes) if t in self._client.results)
+
+    def get(self, timeout: float | None = None) -> list[Any]:
+        chunks = super().get(timeout)
+        return [item for chunk in chunks for item in chunk]
+
+    def _items(self, task_id: str) -> list[Any]:
+        value = self._client.results[task_id]
+        if isinstance(value, BaseException):
+            raise value
+        return value
+
+    def __iter__(self) -> Iterator[Any]:
+        results = self._client.results
+        if self.ordered:
+            for task_id in self.task_ids:
+                if task_id not in results:
+                    self._client.wait([task_id], timeout=-1)
+                yield from self._items(task_id)
+            return
+        remaining = list(self.task_ids)
+        while remaining:
+            ready = [t for t in remaining if t in results]
+            if not ready:
+                self._client.wait(remaining, timeout=-1, any_of=True)
+                continue
+            for task_id in ready:
+                remaining.remove(task_id)
+                yield from self._items(task_id)
 
 
 class LocalResult(AsyncResult):

@@ -22,6 +22,7 @@ from ..serialization import dumps, loads
 from ..store import Records, Registry, TaskRecord, connect
 from ..store.records import ABORTED, COMPLETED, PENDING, NewTask, error_fields
 from .asyncresult import Metadata
+from .farming import TaskFarming
 from .view import DirectView
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 Targets = int | list[int] | tuple[int, ...] | str | None
 
 
-class Client:
+class Client(TaskFarming):
     """Connects to a cluster by name; see ``Settings`` for where each argument comes from."""
 
     def __init__(
@@ -72,7 +73,9 @@ class Client:
             f"enginefarm-client-{s.cluster}",
             on_open=lambda channel: declare_cluster(channel, self.names),
         )
-        self.reaper = Reaper(self.registry, self.records, self.publisher.link, self.names, s.engine_timeout_s)
+        self.reaper = Reaper(
+            self.registry, self.records, self.publisher.link, self.names, s.engine_timeout_s, s.max_engine_losses
+        )
         self._connected = True
 
     def close(self) -> None:
@@ -187,11 +190,12 @@ class Client:
         return [t.task_id for t in tasks]
 
     # --- results --------------------------------------------------------------------
-    def wait(self, jobs: Iterable[str] | None = None, timeout: float = -1) -> bool:
+    def wait(self, jobs: Iterable[str] | None = None, timeout: float = -1, any_of: bool = False) -> bool:
         """Wait until the given task ids (default: all outstanding) have finished.
 
         Returns:
-            True when all finished, False when ``timeout`` seconds (negative: no limit) ran out.
+            True when all (with ``any_of``: any) finished, False when ``timeout`` seconds
+            (negative: no limit) ran out.
         """
         self._connect()
         wanted = list(self.outstanding if jobs is None else jobs)
@@ -199,7 +203,7 @@ class Client:
         poll_s = 0.02
         while True:
             missing = [t for t in wanted if t not in self.results]
-            if not missing:
+            if not missing or (any_of and len(missing) < len(wanted)):
                 return True
             ours = all(t in self.outstanding for t in missing)
             remaining = None if deadline is None else deadline - time.monotonic()

@@ -58,8 +58,76 @@ elseif new ~= 'pending' then
     redis.call('LPUSH', inbox, tid)
     redis.call('EXPIRE', inbox, 86400)
   end
+  local notify = redis.call('HGET', task, '_notify')
+  if notify then redis.call('LPUSH', notify, tid) end
 end
-return {'ok', st}
+return {'ok', st, redis.call('HGET', task, 'attempts')}
+"""
+
+# Back to the scheduler: a load-balanced task that failed with retries left, whose depend
+# did not hold on its engine, or whose engine was lost. KEYS: task, scheduler pending zset.
+# ARGV: 1 task id, 2 status-index prefix, 3 attempts delta (-1 when the task never really
+# ran), 4 engine id to add to the list named by 5 ('failed_on', 'unmet' or 'lost_on'),
+# 6.. field/value pairs to set.
+_REQUEUE = """
+local task, tid = KEYS[1], ARGV[1]
+local st = redis.call('HGET', task, 'status')
+if st ~= 'pending' and st ~= 'running' then return 0 end
+if st == 'running' then
+  local rk = redis.call('HGET', task, '_running_key')
+  if rk and redis.call('GET', rk) == tid then redis.call('DEL', rk) end
+end
+local pk = redis.call('HGET', task, '_pending_key')
+if pk then redis.call('SREM', pk, tid) end
+redis.call('HDEL', task, '_pending_key')
+if tonumber(ARGV[3]) ~= 0 then redis.call('HINCRBY', task, 'attempts', ARGV[3]) end
+if ARGV[5] ~= '' then
+  local prev = redis.call('HGET', task, ARGV[5])
+  redis.call('HSET', task, ARGV[5], (prev and prev ~= '') and (prev .. ',' .. ARGV[4]) or ARGV[4])
+end
+for i = 6, #ARGV, 2 do redis.call('HSET', task, ARGV[i], ARGV[i + 1]) end
+redis.call('HSET', task, 'status', 'pending')
+redis.call('SREM', ARGV[2] .. st, tid)
+redis.call('SADD', ARGV[2] .. 'pending', tid)
+redis.call('ZADD', KEYS[2], tonumber(redis.call('HGET', task, '_seq') or '0'), tid)
+local notify = redis.call('HGET', task, '_notify')
+if notify then redis.call('LPUSH', notify, tid) end
+return 1
+"""
+
+# The scheduler routed a task to an engine. KEYS: task, scheduler pending zset, engine
+# pending set, registry hash, heartbeat zset. ARGV: task id, engine id.
+# Returns 1 when assigned, 0 when the task already finished, -1 when the engine is gone.
+_ASSIGN = """
+local task, tid = KEYS[1], ARGV[1]
+local st = redis.call('HGET', task, 'status')
+if st ~= 'pending' and st ~= 'running' then
+  redis.call('ZREM', KEYS[2], tid)
+  return 0
+end
+if redis.call('HEXISTS', KEYS[4], ARGV[2]) == 0 or redis.call('ZSCORE', KEYS[5], ARGV[2]) == false then
+  return -1
+end
+local old = redis.call('HGET', task, '_pending_key')
+if old and old ~= KEYS[3] then redis.call('SREM', old, tid) end
+redis.call('SADD', KEYS[3], tid)
+redis.call('HSET', task, '_pending_key', KEYS[3])
+redis.call('ZREM', KEYS[2], tid)
+return 1
+"""
+
+
+# The scheduler took a submitted task. KEYS: task, scheduler pending zset. ARGV: id, order.
+# A task aborted before the scheduler saw it, or already routed, is not queued again.
+_ENQUEUE = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'pending' or redis.call('HEXISTS', KEYS[1], '_pending_key') == 1 then
+  return 0
+end
+if redis.call('HSETNX', KEYS[1], '_seq', ARGV[2]) == 0 and redis.call('ZSCORE', KEYS[2], ARGV[1]) ~= false then
+  return 2
+end
+redis.call('ZADD', KEYS[2], redis.call('HGET', KEYS[1], '_seq'), ARGV[1])
+return 1
 """
 
 
@@ -95,6 +163,9 @@ class TaskRecord:
     result: bytes | None = None
     request: bytes | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    # Scheduler bookkeeping: arrival order, and whether the task is routed to an engine now.
+    seq: float = 0.0
+    routed: bool = False
 
     @property
     def done(self) -> bool:
@@ -133,6 +204,8 @@ class TaskRecord:
             result=text.get("result"),
             request=text.get("request"),
             extra={k: s(k) for k in text if k not in known and not k.startswith("_")},
+            seq=f("_seq") or 0.0,
+            routed="_pending_key" in text,
         )
 
 
@@ -144,6 +217,9 @@ class Records:
         self.names = names
         self.ring = ring
         self._transition = redis_client.register_script(_TRANSITION)
+        self._requeue = redis_client.register_script(_REQUEUE)
+        self._assign = redis_client.register_script(_ASSIGN)
+        self._enqueue = redis_client.register_script(_ENQUEUE)
 
     # --- sealed values --------------------------------------------------------------
     def seal_value(self, task_id: str, what: str, data: bytes) -> bytes:
@@ -191,11 +267,11 @@ class Records:
         new: str,
         fields: Mapping[str, Any] | None = None,
         engine_id: int | None = None,
-    ) -> tuple[bool, str]:
+    ) -> tuple[bool, str, int]:
         """Move a record to ``new`` if its state is one of ``allowed``.
 
         Returns:
-            (changed, previous state); previous is '' for a missing record.
+            (changed, previous state, attempts); previous is '' for a missing record.
         """
         names = self.names
         args: list[Any] = [
@@ -209,10 +285,84 @@ class Records:
         for key, value in (fields or {}).items():
             args.extend([key, value])
         with translate_errors():
-            outcome, previous = self._transition(keys=[names.task(task_id)], args=args)
-        return outcome == b"ok", previous.decode()
+            reply = self._transition(keys=[names.task(task_id)], args=args)
+        attempts = int(reply[2]) if len(reply) > 2 and reply[2] is not None else 0
+        return reply[0] == b"ok", reply[1].decode(), attempts
 
-    def claim(self, task_id: str, engine_id: int) -> tuple[bool, str]:
+    def requeue(
+        self,
+        task_id: str,
+        engine_id: int,
+        listed_as: str,
+        attempts_delta: int = 0,
+        fields: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Hand a load-balanced task back to the scheduler (see ``_REQUEUE``)."""
+        args: list[Any] = [task_id, self.names.status_index(""), attempts_delta, engine_id, listed_as]
+        for key, value in (fields or {}).items():
+            args.extend([key, value])
+        with translate_errors():
+            return bool(self._requeue(keys=[self.names.task(task_id), self.names.scheduler_pending], args=args))
+
+    def enqueue(self, task_id: str, seq: float) -> int:
+        """The scheduler accepts a task: 1 queued, 2 already queued, 0 not pending (drop it)."""
+        with translate_errors():
+            return int(self._enqueue(keys=[self.names.task(task_id), self.names.scheduler_pending],
+                                     args=[task_id, repr(seq)]))
+
+    def status_counts(self) -> dict[str, int]:
+        with translate_errors():
+            pipe = self.redis.pipeline(transaction=False)
+            for status in STATUSES:
+                pipe.scard(self.names.status_index(status))
+            return dict(zip(STATUSES, (int(v) for v in pipe.execute())))
+
+    def backlog_size(self) -> int:
+        with translate_errors():
+            return int(self.redis.zcard(self.names.scheduler_pending))
+
+    def scheduler_backlog(self) -> list[tuple[str, float]]:
+        """Every task waiting for the scheduler, with its arrival order."""
+        with translate_errors():
+            return [(t.decode(), s) for t, s in self.redis.zrange(self.names.scheduler_pending, 0, -1, withscores=True)]
+
+    def set_fields(self, task_id: str, fields: Mapping[str, Any], only_if: str = PENDING) -> None:
+        """Annotate a record (e.g. why it waits) while it is still in state ``only_if``."""
+        key = self.names.task(task_id)
+        with translate_errors():
+            if self.redis.hget(key, "status") == only_if.encode():
+                self.redis.hset(key, mapping=dict(fields))
+
+    def clear_fields(self, task_ids: Iterable[str], *fields: str) -> None:
+        with translate_errors():
+            pipe = self.redis.pipeline(transaction=False)
+            for task_id in task_ids:
+                pipe.hdel(self.names.task(task_id), *fields)
+            pipe.execute()
+
+    def pop_events(self, timeout_s: float) -> list[str]:
+        """Task ids the scheduler must look at again; waits up to ``timeout_s``."""
+        return self._pop(self.names.scheduler_events, timeout_s)
+
+    def _pop(self, key: str, timeout_s: float) -> list[str]:
+        """Everything in the list ``key``, oldest first, waiting up to ``timeout_s`` for the first."""
+        with translate_errors():
+            if timeout_s <= 0:
+                return [v.decode() for v in self.redis.rpop(key, 1000) or []]
+            first = self.redis.brpop([key], timeout=timeout_s)
+            if first is None:
+                return []
+            rest = self.redis.rpop(key, 1000) or []
+        return [first[1].decode(), *(v.decode() for v in rest)]
+
+    def assign(self, task_id: str, engine_id: int) -> int:
+        """Record that the scheduler routed a task to an engine (see ``_ASSIGN``)."""
+        n = self.names
+        keys = [n.task(task_id), n.scheduler_pending, n.engine_pending(engine_id), n.engines, n.heartbeats]
+        with translate_errors():
+            return int(self._assign(keys=keys, args=[task_id, engine_id]))
+
+    def claim(self, task_id: str, engine_id: int) -> tuple[bool, str, int]:
         """pending -> running on ``engine_id``; refused if aborted, finished or unknown."""
         return self.transition(
             task_id, [PENDING], RUNNING, {"engine_id": engine_id, "started": repr(time.time())}, engine_id
@@ -255,13 +405,7 @@ class Records:
 
     def pop_inbox(self, client_id: str, timeout_s: float) -> list[str]:
         """Task ids whose outcome was recorded for this client; waits up to ``timeout_s``."""
-        key = self.names.client_inbox(client_id)
-        with translate_errors():
-            first = self.redis.brpop([key], timeout=max(timeout_s, 0.01))
-            if first is None:
-                return []
-            rest = self.redis.rpop(key, 1000) or []
-        return [first[1].decode(), *(v.decode() for v in rest)]
+        return self._pop(self.names.client_inbox(client_id), timeout_s)
 
     def count(self, name: str, amount: int = 1) -> None:
         with translate_errors():

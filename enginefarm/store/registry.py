@@ -198,7 +198,10 @@ class Registry:
             return
         encoded = {str(k): _json_value(k, v) for k, v in properties.items()}
         with translate_errors():
-            self.redis.hset(self.names.engine_properties(engine_id), mapping=encoded)
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.hset(self.names.engine_properties(engine_id), mapping=encoded)
+            pipe.incr(self.names.properties_version)
+            pipe.execute()
 
     def get_properties(self, engine_id: int, keys: list[str] | None = None) -> dict[str, Any]:
         key = self.names.engine_properties(engine_id)
@@ -222,7 +225,13 @@ class Registry:
         if keys:
             with translate_errors():
                 self.redis.hdel(self.names.engine_properties(engine_id), *keys)
+                self.redis.incr(self.names.properties_version)
 
     def clear_properties(self, engine_id: int) -> None:
         with translate_errors():
             self.redis.delete(self.names.engine_properties(engine_id))
+            self.redis.incr(self.names.properties_version)
+
+    def properties_version(self) -> int:
+        with translate_errors():
+            return int(self.redis.get(self.names.properties_version) or 0)

@@ -109,6 +109,11 @@ def cmd_kill(state: EngineState, request: Any) -> None:
     """The supervisor stops the engine after recording this command's outcome."""
 
 
+def cmd_map_task(state: EngineState, request: dict[str, Any]) -> Any:
+    func, args, kwargs = request["call"]
+    return func(*args, **kwargs)
+
+
 def cmd_string_task(state: EngineState, request: dict[str, Any]) -> dict[str, Any]:
     state.namespace.update(request.get("push") or {})
     exec(compile(request["expression"], "<string-task>", "exec"), state.namespace)
@@ -126,7 +131,7 @@ def cmd_pull_list(state: EngineState, pull: Any) -> list[str]:
 COMMANDS: dict[str, Callable[[EngineState, Any], Any]] = {
     "execute": cmd_execute,
     "apply": cmd_apply,
-    "map_task": cmd_apply,
+    "map_task": cmd_map_task,
     "string_task": cmd_string_task,
     "push": cmd_push,
     "push_function": cmd_push,
@@ -147,6 +152,35 @@ def error_outcome(exc: BaseException, stage: str = "") -> dict[str, Any]:
     return {"ok": False, "error": {"ename": type(exc).__name__, "evalue": evalue, "traceback": tb}}
 
 
+class DependError(Exception):
+    """A task's depend function raised."""
+
+
+class RecoveryTaskFailed(Exception):
+    """A task's recovery_task raised before a retry."""
+
+
+def check_task(state: EngineState, header: dict[str, Any], request: Any) -> dict[str, Any] | None:
+    """Seed 003's depend and recovery_task; an outcome when the task must not run here."""
+    if not isinstance(request, dict):
+        return None
+    depend = request.get("depend")
+    if depend is not None:
+        try:
+            satisfied = bool(depend(dict(header.get("properties") or {})))
+        except Exception as exc:
+            return error_outcome(DependError(f"depend raised {type(exc).__name__}: {exc}"))
+        if not satisfied:
+            return {"ok": False, "unmet": True}
+    recovery = request.get("recovery")
+    if recovery and int(header.get("attempt", 1)) > 1:
+        try:
+            COMMANDS[recovery["kind"]](state, recovery)
+        except Exception as exc:
+            return error_outcome(RecoveryTaskFailed(f"recovery_task raised {type(exc).__name__}: {exc}"))
+    return None
+
+
 def run_command(state: EngineState, header: dict[str, Any], payload: bytes, cap: int) -> dict[str, Any]:
     """Run one request; never raises. Returns the outcome the supervisor records."""
     kind = header.get("kind", "")
@@ -157,6 +191,10 @@ def run_command(state: EngineState, header: dict[str, Any], payload: bytes, cap:
         request = serialization.loads(payload, f"the {kind} request") if payload else None
     except Exception as exc:
         return error_outcome(exc)
+    if kind in ("map_task", "string_task"):
+        refusal = check_task(state, header, request)
+        if refusal is not None:
+            return refusal
     if header.get("clear_before"):
         state.reset()
     out, err = CappedWriter(cap), CappedWriter(cap)

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from ..broker import BrokerConnection, Consumer, Delivery, Publisher
 from ..broker.topology import declare_cluster, declare_engine_queue
 from ..config import Settings
+from ..deadletter import dead_letter
 from ..errors import EnginefarmError, SignatureError, StoreError
 from ..keys import KeyRing
 from ..names import Names
@@ -35,7 +36,8 @@ from .executor import Executor, Outcome
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DEAD_REASON_HEADER = "x-enginefarm-reason"
+# Outcomes that are not the task's own failure: it is run again elsewhere, a bounded number of times.
+LOST_ERRORS = frozenset({"EngineProcessDied", "TaskInterrupted"})
 
 
 class AckOnce:
@@ -99,6 +101,7 @@ class Engine:
             BrokerConnection(s.amqp_url, s.amqp_heartbeat_s, f"enginefarm-engine-{self.engine_id}-reaper"),
             self.names,
             s.engine_timeout_s,
+            s.max_engine_losses,
         )
 
     def _declare(self, channel: Any) -> str:
@@ -183,16 +186,22 @@ class Engine:
         try:
             envelope = open_envelope(self.ring, delivery.body, self.settings.max_message_age_s)
         except SignatureError as exc:
-            self._dead_letter(delivery, exc)
-            ack()
+            queue_name = self.names.engine_queue(self.engine_id)
+            if dead_letter(self.publisher, self.names, self.records, delivery.body, exc, queue_name):
+                ack()
+            else:
+                self.consumer.reject(delivery, requeue=False)
             return
         header = envelope.header
         task_id = str(header.get("task_id", ""))
-        claimed, previous = self._retry_store(lambda: self.records.claim(task_id, self.engine_id))
+        claimed, previous, attempt = self._retry_store(lambda: self.records.claim(task_id, self.engine_id))
         if not claimed:
             log.info("engine %d skips task %s (%s)", self.engine_id, task_id, previous or "no record")
             ack()
             return
+        header["attempt"] = attempt
+        if header.get("depend"):
+            header["properties"] = self._retry_store(lambda: self.registry.get_properties(self.engine_id))
         timeout_s = float(header.get("timeout") or self.settings.task_timeout_s or 0)
         # Long tasks hand custody to the record in Redis, so the broker's consumer timeout
         # never closes our channel; a reaper settles the record if this engine dies.
@@ -203,10 +212,32 @@ class Engine:
             outcome = self.executor.run(header, envelope.payload, timeout_s)
         finally:
             custody.cancel()
-        self._retry_store(lambda: self._record(task_id, outcome))
+        if not (header.get("lb") and self._retry_store(lambda: self._hand_back(task_id, header, outcome))):
+            self._retry_store(lambda: self._record(task_id, outcome))
         ack()
         if header.get("kind") == "kill" and outcome.ok:
             self.request_stop("killed by a client")
+
+    def _hand_back(self, task_id: str, header: dict[str, Any], outcome: Outcome) -> bool:
+        """Give a load-balanced task back to the scheduler when seed 003 says to run it again.
+
+        Returns False when the outcome is final and must be recorded.
+        """
+        if outcome.ok:
+            return False
+        if outcome.unmet:
+            return self.records.requeue(task_id, self.engine_id, "unmet", attempts_delta=-1)
+        error = {**(outcome.error or {}), "engine_id": self.engine_id}
+        fields = {"last_error": json.dumps(error), "failed_at": repr(time.time())}
+        if error.get("ename") in LOST_ERRORS:
+            record = self.records.get(task_id)
+            lost = len([e for e in (record.extra.get("lost_on", "") if record else "").split(",") if e])
+            if lost + 1 < self.settings.max_engine_losses:
+                return self.records.requeue(task_id, self.engine_id, "lost_on", fields=fields)
+            return False
+        if int(header.get("attempt", 1)) <= int(header.get("retries", 0)):
+            return self.records.requeue(task_id, self.engine_id, "failed_on", fields=fields)
+        return False
 
     def _record(self, task_id: str, outcome: Outcome) -> bool:
         fields: dict[str, Any] = {"stdout": outcome.stdout, "stderr": outcome.stderr}
@@ -218,22 +249,6 @@ class Engine:
         if outcome.namespace_lost:
             fields["namespace_lost"] = "1"
         return self.records.finish(task_id, COMPLETED if outcome.ok else FAILED, fields)
-
-    def _dead_letter(self, delivery: Delivery, exc: SignatureError) -> None:
-        queue_name = self.names.engine_queue(self.engine_id)
-        log.warning("engine %d dead-letters a message from %s: %s", self.engine_id, queue_name, exc)
-        try:
-            self.publisher.publish(
-                self.names.dead_exchange,
-                "",
-                delivery.body,
-                headers={DEAD_REASON_HEADER: exc.reason, "x-enginefarm-queue": queue_name},
-                mandatory=False,
-            )
-            self.records.count(f"dead_lettered:{exc.reason}")
-        except EnginefarmError:
-            log.exception("could not dead-letter with a reason; rejecting to the queue's DLX")
-            self.consumer.reject(delivery, requeue=False)
 
     def _retry_store(self, action: Callable[[], T]) -> T:
         """Retry a Redis write until it lands: nothing is acked while Redis is away."""

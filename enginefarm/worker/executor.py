@@ -28,6 +28,8 @@ class Outcome:
     error: dict[str, Any] | None = None
     # The child was killed or died: the namespace is gone.
     namespace_lost: bool = False
+    # A load-balanced task's depend did not hold on this engine.
+    unmet: bool = False
 
 
 def _signal_name(code: int) -> str:

@@ -1,0 +1,73 @@
+"""LoadBalancedView: apply and map through the scheduler."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from ..chunks import call_chunk
+from .asyncresult import AsyncMapResult, AsyncResult
+from .tasks import MapTask
+
+if TYPE_CHECKING:
+    from .client import Client
+
+# Automatic chunking aims at this many chunks per engine: enough to balance uneven items,
+# few enough that per-task overhead stays small next to the work.
+CHUNKS_PER_ENGINE = 4
+MAX_AUTO_CHUNK = 2000
+
+
+def auto_chunksize(items: int, engines: int) -> int:
+    return max(1, min(MAX_AUTO_CHUNK, math.ceil(items / max(engines, 1) / CHUNKS_PER_ENGINE)))
+
+
+class LoadBalancedView:
+    def __init__(self, client: Client, block: bool | None = None, **task_options: Any) -> None:
+        self.client = client
+        self.block = block
+        # Options given to every task this view submits (retries, depend, timeout, ...).
+        self.task_options = task_options
+
+    def __repr__(self) -> str:
+        return "<LoadBalancedView>"
+
+    def _block(self, block: bool | None) -> bool:
+        if block is not None:
+            return block
+        return self.block if self.block is not None else self.client.block
+
+    def apply(self, f: Callable[..., Any], *args: Any, block: bool | None = None, **kwargs: Any) -> Any:
+        """Run ``f(*args, **kwargs)`` on one engine chosen by the scheduler."""
+        task_id = self.client.submit(MapTask(f, args, kwargs, **self.task_options))
+        result = AsyncResult(self.client, [task_id], single=True, kind="apply")
+        return result.get() if self._block(block) else result
+
+    def apply_async(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> AsyncResult:
+        return self.apply(f, *args, block=False, **kwargs)
+
+    def apply_sync(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return self.apply(f, *args, block=True, **kwargs)
+
+    def map(self, f: Callable[..., Any], *sequences: Iterable[Any], chunksize: int | None = None,
+            ordered: bool = True, block: bool | None = None) -> Any:
+        """``[f(*items) for items in zip(*sequences)]``, farmed out in chunks.
+
+        ``chunksize=None`` picks one from the number of items and live engines.
+        """
+        if not sequences:
+            raise TypeError("map needs at least one sequence")
+        arg_tuples = list(zip(*sequences))
+        size = chunksize or auto_chunksize(len(arg_tuples), len(self.client.ids))
+        chunks = [arg_tuples[i : i + size] for i in range(0, len(arg_tuples), size)]
+        tasks = [MapTask(call_chunk, (f, chunk), **self.task_options) for chunk in chunks]
+        task_ids = self.client.submit_many(tasks)
+        result = AsyncMapResult(self.client, task_ids, [len(c) for c in chunks], ordered)
+        return result.get() if self._block(block) else result
+
+    def map_async(self, f: Callable[..., Any], *sequences: Iterable[Any], **kwargs: Any) -> AsyncMapResult:
+        return self.map(f, *sequences, block=False, **kwargs)
+
+    def map_sync(self, f: Callable[..., Any], *sequences: Iterable[Any], **kwargs: Any) -> list[Any]:
+        return self.map(f, *sequences, block=True, **kwargs)

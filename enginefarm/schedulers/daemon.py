@@ -1,0 +1,297 @@
+"""The scheduler daemon: takes load-balanced tasks from ``<cluster>.tasks`` and routes each to
+one engine's queue, as its scheme decides.
+
+Durable state lives in Redis, so a standby (or a restarted scheduler) resumes where the last
+one stopped: the backlog (``sched:pending``), what each engine holds (the engines' pending
+sets) and the records. Only the holder of a lease in Redis is active; the others wait.
+
+Threads: main runs the broker loop (submissions, dispatching, periodic housekeeping);
+``events`` waits on Redis for task ids whose state changed and wakes the main thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+from ..broker import BrokerConnection, Consumer, Delivery, Publisher
+from ..broker.topology import declare_cluster
+from ..config import Settings
+from ..deadletter import dead_letter
+from ..errors import EnginefarmError, SignatureError, StoreError, UnroutableError
+from ..keys import KeyRing
+from ..names import Names
+from ..protocol import open_envelope
+from ..recovery import Reaper
+from ..store import Records, Registry, TaskRecord, connect
+from ..store.leases import Lease
+from ..store.records import PENDING
+from .policy import EngineLoad, PendingTask, plan, scheme_named
+
+log = logging.getLogger(__name__)
+
+
+def _ids(text: str) -> frozenset[int]:
+    return frozenset(int(p) for p in text.split(",") if p.strip())
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, scheme: str | None = None) -> None:
+        self.settings = settings
+        self.scheme = scheme_named(scheme or settings.scheme)
+        self.names = Names(settings.cluster)
+        self.identity = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.pending: dict[str, PendingTask] = {}
+        self.bodies: dict[str, bytes] = {}
+        self.assigned: dict[int, set[str]] = {}
+        self.engine_of: dict[str, int] = {}
+        self.live: list[int] = []
+        self.props_version = -1
+        self.waiting_noted: set[str] = set()
+        self._events: queue.Queue[list[str]] = queue.Queue()
+        self._stop = threading.Event()
+        self._next_housekeeping = 0.0
+        self.exit_code = 0
+
+    # --- lifecycle -----------------------------------------------------------------
+    def setup(self) -> None:
+        s = self.settings
+        self.ring = KeyRing.from_files(s.resolved_key_file, s.old_key_files)
+        redis_client = connect(s.redis_url)
+        self.registry = Registry(redis_client, self.names, s.engine_timeout_s)
+        self.records = Records(redis_client, self.names, self.ring)
+        self.lease = Lease(redis_client, self.names.scheduler_leader, self.identity, ttl_s=max(3.0, s.engine_timeout_s / 2))
+        self.publisher = Publisher(s.amqp_url, s.amqp_heartbeat_s, f"enginefarm-scheduler-{s.cluster}-pub")
+        self.reaper = Reaper(
+            self.registry, self.records,
+            BrokerConnection(s.amqp_url, s.amqp_heartbeat_s, f"enginefarm-scheduler-{s.cluster}-reaper"),
+            self.names, s.engine_timeout_s, s.max_engine_losses,
+        )
+        self.consumer = Consumer(
+            s.amqp_url, setup=self._declare, on_message=self._on_submit, prefetch=256,
+            heartbeat_s=s.amqp_heartbeat_s, name=f"enginefarm-scheduler-{s.cluster}",
+        )
+
+    def _declare(self, channel: Any) -> str:
+        declare_cluster(channel, self.names)
+        return self.names.tasks_queue
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> int:
+        self.setup()
+        log.info("scheduler %s (%s) waiting for the lease of cluster %r",
+                 self.identity, self.scheme.name, self.settings.cluster)
+        while not self._stop.is_set():
+            try:
+                if self.lease.acquire():
+                    break
+            except StoreError as exc:
+                log.warning("scheduler cannot reach Redis: %s", exc)
+            self._stop.wait(0.5)
+        if self._stop.is_set():
+            return 0
+        log.info("scheduler %s is active for cluster %r", self.identity, self.settings.cluster)
+        self._restore()
+        threading.Thread(target=self._listen, name="events", daemon=True).start()
+        try:
+            self.consumer.run(self._stop, poll_s=0.1, tick=self._tick)
+        finally:
+            self._stop.set()
+            self.consumer.close()
+            self.publisher.close()
+            self.reaper.broker.close()
+            try:
+                self.lease.release()
+            except StoreError:
+                pass
+        return self.exit_code
+
+    # --- state ---------------------------------------------------------------------
+    def _restore(self) -> None:
+        """Rebuild what the previous scheduler knew, from Redis."""
+        self.live = self.registry.live_ids()
+        for engine_id in self.live:
+            for record in self.records.get_many(sorted(self.registry.pending(engine_id))):
+                if record is not None and record.extra.get("lb") == "1" and not record.done:
+                    self._track(record.task_id, engine_id)
+        backlog = self.records.scheduler_backlog()
+        for record in self.records.get_many([t for t, _ in backlog]):
+            if record is not None:
+                self._remember(record)
+        log.info("scheduler restored %d waiting and %d routed tasks", len(self.pending), len(self.engine_of))
+        self._dispatch()
+
+    def _track(self, task_id: str, engine_id: int) -> None:
+        self.assigned.setdefault(engine_id, set()).add(task_id)
+        self.engine_of[task_id] = engine_id
+
+    def _untrack(self, task_id: str) -> None:
+        engine_id = self.engine_of.pop(task_id, None)
+        if engine_id is not None:
+            self.assigned.get(engine_id, set()).discard(task_id)
+
+    def _remember(self, record: TaskRecord) -> None:
+        """Add a pending record to the backlog in memory."""
+        if record.status != PENDING or not record.request:
+            return
+        try:
+            header = open_envelope(self.ring, record.request, expect={"task_id": record.task_id}).header
+        except SignatureError as exc:
+            log.error("task %s has a request that fails verification (%s); failing it", record.task_id, exc)
+            self.records.fail(record.task_id, {"ename": "SignatureError", "evalue": str(exc), "traceback": ""})
+            return
+        extra = record.extra
+        self.bodies[record.task_id] = record.request
+        self.pending[record.task_id] = PendingTask(
+            task_id=record.task_id,
+            seq=record.seq,
+            priority=int(header.get("priority", 0)),
+            needs_depend=bool(header.get("depend")),
+            unmet=_ids(extra.get("unmet", "")),
+            failed_on=_ids(extra.get("failed_on", "")),
+            failed_at=float(extra["failed_at"]) if extra.get("failed_at") else None,
+        )
+
+    # --- submissions ---------------------------------------------------------------
+    def _on_submit(self, delivery: Delivery) -> None:
+        try:
+            envelope = open_envelope(self.ring, delivery.body, self.settings.max_message_age_s)
+        except SignatureError as exc:
+            if dead_letter(self.publisher, self.names, self.records, delivery.body, exc, self.names.tasks_queue):
+                self.consumer.ack(delivery)
+            else:
+                self.consumer.reject(delivery, requeue=False)
+            return
+        header = envelope.header
+        task_id = str(header.get("task_id", ""))
+        seq = time.time()
+        try:
+            queued = self.records.enqueue(task_id, seq)
+        except StoreError as exc:
+            # Not acked: the broker gives it to us (or a standby) again.
+            log.warning("cannot queue task %s: %s", task_id, exc)
+            self.consumer.reject(delivery, requeue=True)
+            return
+        if queued == 1 or (queued == 2 and task_id not in self.pending and task_id not in self.engine_of):
+            self.bodies[task_id] = delivery.body
+            self.pending[task_id] = PendingTask(
+                task_id, seq, int(header.get("priority", 0)), bool(header.get("depend")),
+            )
+        self.consumer.ack(delivery)
+        self._dispatch()
+
+    # --- routing -------------------------------------------------------------------
+    def _loads(self) -> list[EngineLoad]:
+        return [EngineLoad(e, len(self.assigned.get(e, ()))) for e in self.live]
+
+    def _dispatch(self) -> None:
+        if not self.pending or not self.live:
+            return
+        decided = plan(self.scheme, self.pending.values(), self._loads(), self.settings.scheduler_slots,
+                       time.time(), self.settings.failure_penalty_s)
+        for task_id, engine_id in decided.assignments:
+            self._route(task_id, engine_id)
+        for task_id in decided.unsatisfiable:
+            if task_id not in self.waiting_noted:
+                self.waiting_noted.add(task_id)
+                self.records.set_fields(task_id, {
+                    "waiting": f"no live engine satisfies its depend (engines {sorted(self.live)} said no)"})
+
+    def _route(self, task_id: str, engine_id: int) -> None:
+        # Publish first, then record the route: a crash in between leaves the task in the
+        # backlog, and a second copy is refused by the engine's claim.
+        try:
+            self.publisher.publish(self.names.direct_exchange, self.names.engine_routing_key(engine_id),
+                                   self.bodies[task_id])
+        except UnroutableError:
+            log.info("engine %d has no queue any more; refreshing engines", engine_id)
+            self.live = [e for e in self.live if e != engine_id]
+            return
+        outcome = self.records.assign(task_id, engine_id)
+        if outcome == -1:
+            self.live = [e for e in self.live if e != engine_id]
+            return
+        self.pending.pop(task_id, None)
+        self.bodies.pop(task_id, None)
+        self.waiting_noted.discard(task_id)
+        if outcome == 1:
+            self._track(task_id, engine_id)
+
+    # --- events --------------------------------------------------------------------
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                task_ids = self.records.pop_events(1.0)
+            except StoreError as exc:
+                log.warning("scheduler cannot read events: %s", exc)
+                self._stop.wait(1.0)
+                continue
+            if task_ids:
+                self._events.put(task_ids)
+                self.consumer.link.call_threadsafe(self._on_events)
+
+    def _on_events(self) -> None:
+        task_ids: list[str] = []
+        while True:
+            try:
+                task_ids.extend(self._events.get_nowait())
+            except queue.Empty:
+                break
+        if not task_ids:
+            return
+        unique = list(dict.fromkeys(task_ids))
+        for record in self.records.get_many(unique):
+            if record is None:
+                continue
+            self._untrack(record.task_id)
+            if record.done:
+                self.pending.pop(record.task_id, None)
+                self.bodies.pop(record.task_id, None)
+                self.waiting_noted.discard(record.task_id)
+            elif record.status == PENDING and not record.routed:
+                self._remember(record)
+        self._dispatch()
+
+    # --- housekeeping --------------------------------------------------------------
+    def _tick(self) -> None:
+        try:
+            self._on_events()
+            now = time.monotonic()
+            if now < self._next_housekeeping:
+                return
+            self._next_housekeeping = now + min(0.5, self.settings.heartbeat_interval_s)
+            if not self.lease.renew():
+                log.error("scheduler %s lost its lease; stopping", self.identity)
+                self.exit_code = 1
+                self._stop.set()
+                return
+            self.reaper.observe(True)
+            self.reaper.reap_stale()
+            self._refresh_engines()
+            self._dispatch()
+        except EnginefarmError as exc:
+            self.reaper.observe(False)
+            log.warning("scheduler housekeeping failed: %s", exc)
+
+    def _refresh_engines(self) -> None:
+        live = self.registry.live_ids()
+        version = self.registry.properties_version()
+        if live != self.live or version != self.props_version:
+            # New engines or new properties: a depend that failed everywhere may hold now.
+            changed = [t for t, task in self.pending.items() if task.unmet]
+            for task_id in changed:
+                self.pending[task_id].unmet = frozenset()
+            if changed:
+                self.records.clear_fields(changed, "unmet", "waiting")
+                self.waiting_noted.difference_update(changed)
+            for engine_id in set(self.assigned) - set(live):
+                self.assigned.pop(engine_id, None)
+            self.live, self.props_version = live, version
