@@ -97,6 +97,28 @@ class Cluster:
             daemon.engine_id = self.wait_engine(daemon)
         return daemons
 
+    def start_scheduler(self, scheme: str | None = None, wait: bool = True,
+                        env_extra: dict[str, str] | None = None) -> Daemon:
+        """A scheduler daemon; with ``wait``, returns once it holds the cluster's lease."""
+        args = ["scheduler", "--cluster", self.settings.cluster]
+        if scheme:
+            args += ["--scheme", scheme]
+        daemon = self.spawn(args, env_extra)
+        if wait:
+            self.wait_scheduler_active(daemon)
+        return daemon
+
+    def wait_scheduler_active(self, daemon: Daemon, timeout_s: float = 60.0) -> None:
+        client = self.redis()
+
+        def active() -> bool:
+            if daemon.proc.poll() is not None:
+                raise AssertionError(f"scheduler exited with {daemon.proc.returncode}:\n{daemon.log()}")
+            holder = client.get(self.names.scheduler_leader)
+            return holder is not None and f":{daemon.pid}:" in holder.decode()
+
+        wait_for(active, timeout_s, f"scheduler pid {daemon.pid} to become active")
+
     def wait_engine(self, daemon: Daemon, timeout_s: float = 60.0) -> int:
         """The id of ``daemon`` once it is registered and live."""
         from enginefarm.store import Registry
