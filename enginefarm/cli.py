@@ -39,9 +39,11 @@ class Fail(click.ClickException):
 
 
 def run_guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    from .store.query import QueryError
+
     try:
         return fn(*args, **kwargs)
-    except EnginefarmError as exc:
+    except (EnginefarmError, QueryError) as exc:
         raise Fail(str(exc)) from exc
 
 
@@ -50,7 +52,8 @@ def run_guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:
 def main(log_level: str) -> None:
     """enginefarm: IPython-style engines and task farming on RabbitMQ and Redis."""
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
-    logging.getLogger("pika").setLevel(logging.WARNING)
+    # pika logs every failed connection attempt with a traceback; ours say it in one line.
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 
 @main.command()
@@ -132,3 +135,192 @@ def demo(cluster: str | None, count: int) -> None:
 
     settings = run_guarded(Settings.load, cluster=cluster)
     run_guarded(run_demo, settings, count)
+
+
+# --- admin commands ----------------------------------------------------------------------
+def admin_client(cluster: str | None) -> Any:
+    """A client that gives up quickly on an unreachable server (one clear line, exit 1)."""
+    from .client import Client
+
+    settings = run_guarded(Settings.load, cluster=cluster)
+    return Client(settings=settings.replace(reconnect_window_s=min(settings.reconnect_window_s, 3.0)))
+
+
+def json_option(fn: Any) -> Any:
+    return click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(fn)
+
+
+def emit(data: Any, as_json: bool, render: Any) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+    else:
+        click.echo(render(data))
+
+
+def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    if not rows:
+        return "(none)"
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, default=str)
+    return str(value).replace("\n", " ")[:60]
+
+
+def parse_targets(values: tuple[str, ...]) -> Any:
+    if not values or values == ("all",):
+        return "all"
+    try:
+        return [int(v) for item in values for v in item.split(",") if v]
+    except ValueError:
+        raise click.BadParameter("targets are engine ids (ints) or 'all'", param_hint="--targets") from None
+
+
+def render_status(data: dict[str, Any]) -> str:
+    out = [f"cluster {data['cluster']!r}", "", "engines:",
+           table(data["engines"], ["engine_id", "alive", "host", "pid", "heartbeat_age_s", "running",
+                                   "queued", "properties"]),
+           "", "queues (ready messages):"]
+    out += [f"  {q}: {'missing' if n is None else n}" for q, n in data["queues"].items()]
+    out += ["", "tasks: " + ", ".join(f"{k} {v}" for k, v in data["tasks"].items()),
+            f"waiting for the scheduler: {data['unassigned']}; records in history: {data['history']}"]
+    return "\n".join(out)
+
+
+@main.command()
+@cluster_option
+@json_option
+def status(cluster: str | None, as_json: bool) -> None:
+    """Engines, queue depths and task counts of a cluster."""
+    from .admin import cluster_status
+
+    with admin_client(cluster) as client:
+        emit(run_guarded(cluster_status, client), as_json, render_status)
+
+
+@main.command("queue-status")
+@cluster_option
+@click.option("--targets", multiple=True, help="Engine ids (repeat or comma-separate); default all.")
+@click.option("--verbose", is_flag=True, help="List task ids instead of counts.")
+@json_option
+def queue_status_cmd(cluster: str | None, targets: tuple[str, ...], verbose: bool, as_json: bool) -> None:
+    """Per engine: waiting, running and finished tasks; and what waits for the scheduler."""
+    with admin_client(cluster) as client:
+        data = run_guarded(client.queue_status, parse_targets(targets), verbose)
+
+    def render(d: dict[Any, Any]) -> str:
+        rows = [{"engine_id": k, **v} for k, v in d.items() if isinstance(k, int)]
+        totals = {k: v for k, v in d.items() if isinstance(k, str)}
+        cols = ["engine_id", "queue", "running", "completed", "failed", "aborted"]
+        return table(rows, cols) + "\n" + ", ".join(f"{k} {_cell(v)}" for k, v in totals.items())
+
+    emit({str(k): v for k, v in data.items()}, as_json, lambda _: render(data))
+
+
+@main.command()
+@cluster_option
+@click.argument("task_ids", nargs=-1)
+@click.option("--all", "everything", is_flag=True, help="Every finished record of the cluster.")
+@click.option("--engine", "engine_id", type=int, default=None, help="Finished records of one engine.")
+@click.option("--queues", is_flag=True, help="Also drop messages waiting in RabbitMQ (their tasks are aborted).")
+@json_option
+def purge(cluster: str | None, task_ids: tuple[str, ...], everything: bool, engine_id: int | None,
+          queues: bool, as_json: bool) -> None:
+    """Remove results and history (and with --queues, waiting messages)."""
+    from .admin import purge as do_purge
+
+    if not (task_ids or everything or engine_id is not None or queues):
+        raise click.UsageError("say what to purge: TASK_ID..., --all, --engine ID or --queues")
+    with admin_client(cluster) as client:
+        report = run_guarded(do_purge, client, list(task_ids), everything, engine_id, queues)
+
+    def render(r: dict[str, Any]) -> str:
+        lines = [f"removed {r['records']} task record(s)"]
+        if queues:
+            lines.append(f"aborted {r['aborted']} pending task(s)")
+            lines += [f"purged {n} message(s) from {q}" for q, n in r["messages"].items()]
+        return "\n".join(lines)
+
+    emit(report, as_json, render)
+
+
+@main.command()
+@cluster_option
+@click.option("--query", "query_text", default=None, help='Mongo-style JSON, e.g. \'{"status": "failed"}\'.')
+@click.option("--status", "status_filter", default=None, help="Only tasks in this status.")
+@click.option("--limit", type=int, default=50, show_default=True)
+@json_option
+def tasks(cluster: str | None, query_text: str | None, status_filter: str | None, limit: int,
+          as_json: bool) -> None:
+    """The task history, oldest first."""
+    query: dict[str, Any] = {}
+    if query_text:
+        try:
+            query = json.loads(query_text)
+        except ValueError as exc:
+            raise Fail(f"--query is not valid JSON: {exc}") from exc
+        if not isinstance(query, dict):
+            raise Fail("--query must be a JSON object")
+    if status_filter:
+        query["status"] = status_filter
+    with admin_client(cluster) as client:
+        rows = run_guarded(client.db_query_limited, query, limit)
+    cols = ["task_id", "kind", "status", "engine_id", "attempts", "submitted", "summary"]
+    emit(rows, as_json, lambda r: table([{**x, "error": (x.get("error") or {}).get("ename")} for x in r],
+                                        cols + ["error"]))
+
+
+@main.command()
+@cluster_option
+@click.argument("task_ids", nargs=-1, required=True)
+@json_option
+def abort(cluster: str | None, task_ids: tuple[str, ...], as_json: bool) -> None:
+    """Abort tasks that have not started."""
+    from .admin import abort as do_abort
+
+    with admin_client(cluster) as client:
+        result = run_guarded(do_abort, client, list(task_ids))
+    emit(result, as_json, lambda r: "\n".join(
+        f"{t}: {'aborted' if ok else 'not aborted (already running or finished)'}" for t, ok in r.items()))
+
+
+@main.command()
+@cluster_option
+@click.argument("task_ids", nargs=-1, required=True)
+@json_option
+def resubmit(cluster: str | None, task_ids: tuple[str, ...], as_json: bool) -> None:
+    """Run finished tasks again as new tasks; prints the new ids."""
+    from .admin import require_known, resubmit as do_resubmit
+
+    with admin_client(cluster) as client:
+        run_guarded(require_known, client, list(task_ids))
+        mapping = run_guarded(do_resubmit, client, list(task_ids))
+    emit(mapping, as_json, lambda m: "\n".join(f"{old} -> {new}" for old, new in m.items()))
+
+
+@main.command()
+@cluster_option
+@click.option("--targets", multiple=True, help="Engine ids; default all.")
+@click.option("--hub", is_flag=True, help="Stop the schedulers too.")
+@json_option
+def shutdown(cluster: str | None, targets: tuple[str, ...], hub: bool, as_json: bool) -> None:
+    """Stop engines (after their queued work) and, with --hub, the schedulers."""
+    with admin_client(cluster) as client:
+        chosen = parse_targets(targets)
+        ids = run_guarded(lambda: client.ids if chosen == "all" else chosen)
+        if ids:
+            run_guarded(client.shutdown, chosen, hub, False)
+        elif hub:
+            run_guarded(client.shutdown, None, True)
+    emit({"engines": ids, "hub": hub}, as_json,
+         lambda d: f"asked engines {d['engines']} to stop" + (" and the schedulers" if hub else ""))

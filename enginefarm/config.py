@@ -37,6 +37,8 @@ class Settings:
     key_file: str = ""
     # Older keys still accepted for verification during a rotation (comma-separated paths).
     old_key_files: str = ""
+    # How long clients and daemons keep trying to reach RabbitMQ before giving up on a call.
+    reconnect_window_s: float = 30.0
     # AMQP heartbeat negotiated with the broker; the engine's I/O thread answers it.
     amqp_heartbeat_s: int = 30
     # How often an engine refreshes its heartbeat in Redis, and after how long without

@@ -111,6 +111,16 @@ class Names:
         """Bumped whenever engine properties change (depend must be looked at again)."""
         return self.key("engine", "props-version")
 
+    @property
+    def cull_lock(self) -> str:
+        """Held briefly by whoever trims the history, so one process does it at a time."""
+        return self.key("history", "cull-lock")
+
+    @property
+    def shutdown_flag(self) -> str:
+        """Set to ask every scheduler of the cluster to exit."""
+        return self.key("sched", "shutdown")
+
     def client_inbox(self, client_id: str) -> str:
         """List of task ids whose outcome was recorded, for the client that sent them."""
         return self.key("client", client_id, "inbox")

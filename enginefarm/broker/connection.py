@@ -100,6 +100,36 @@ class BrokerConnection:
             except Exception:  # closing a broken connection may raise anything
                 log.debug("error closing connection", exc_info=True)
 
+    def queue_depths(self, queues: list[str]) -> dict[str, int | None]:
+        """Ready messages per queue (None for a queue that does not exist)."""
+        self.open()
+        depths: dict[str, int | None] = {}
+        for queue in queues:
+            channel = self.connection.channel()
+            try:
+                depths[queue] = int(channel.queue_declare(queue, passive=True).method.message_count)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                if exc.reply_code != 404:
+                    raise BrokerError(f"cannot inspect queue {queue}: {exc}") from exc
+                depths[queue] = None
+            else:
+                channel.close()
+        return depths
+
+    def purge_queue(self, queue: str) -> int:
+        """Drop the ready messages of ``queue``; returns how many (0 if it does not exist)."""
+        self.open()
+        channel = self.connection.channel()
+        try:
+            return int(channel.queue_purge(queue).method.message_count)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code == 404:
+                return 0
+            raise BrokerError(f"cannot purge queue {queue}: {exc}") from exc
+        finally:
+            if channel.is_open:
+                channel.close()
+
     def keepalive(self) -> None:
         """Service heartbeats of an otherwise idle connection (call from its own thread)."""
         conn = self.connection

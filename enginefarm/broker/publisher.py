@@ -31,10 +31,12 @@ class Publisher:
         name: str = "enginefarm-publisher",
         on_open: Callable[[Any], None] | None = None,
         attempts: int = 5,
+        reconnect_window_s: float = 30.0,
     ) -> None:
         self._on_open = on_open
         self.attempts = attempts
-        self.link = BrokerConnection(url, heartbeat_s, name, on_open=self._setup)
+        self.link = BrokerConnection(url, heartbeat_s, name, on_open=self._setup,
+                                     reconnect_window_s=reconnect_window_s)
 
     def _setup(self, channel: Any) -> None:
         channel.confirm_delivery()

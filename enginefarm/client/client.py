@@ -19,10 +19,11 @@ from ..names import Names
 from ..protocol import new_id, seal
 from ..recovery import Reaper
 from ..serialization import dumps, loads
-from ..store import Records, Registry, TaskRecord, connect
+from ..store import History, Records, Registry, TaskRecord, connect
 from ..store.records import ABORTED, COMPLETED, PENDING, NewTask, error_fields
 from .asyncresult import Metadata
 from .farming import TaskFarming
+from .hub import HubMethods
 from .view import DirectView
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 Targets = int | list[int] | tuple[int, ...] | str | None
 
 
-class Client(TaskFarming):
+class Client(TaskFarming, HubMethods):
     """Connects to a cluster by name; see ``Settings`` for where each argument comes from."""
 
     def __init__(
@@ -67,11 +68,13 @@ class Client(TaskFarming):
         redis_client = connect(s.redis_url)
         self.registry = Registry(redis_client, self.names, s.engine_timeout_s)
         self.records = Records(redis_client, self.names, self.ring)
+        self.history_store = History(redis_client, self.names)
         self.publisher = Publisher(
             s.amqp_url,
             s.amqp_heartbeat_s,
             f"enginefarm-client-{s.cluster}",
             on_open=lambda channel: declare_cluster(channel, self.names),
+            reconnect_window_s=s.reconnect_window_s,
         )
         self.reaper = Reaper(
             self.registry, self.records, self.publisher.link, self.names, s.engine_timeout_s, s.max_engine_losses
@@ -165,6 +168,10 @@ class Client(TaskFarming):
         """
         self._connect()
         payload = dumps(request, what or f"the {kind} request") if request is not None else b""
+        return self._send_sealed(kind, payload, engine_ids, header)
+
+    def _send_sealed(self, kind: str, payload: bytes, engine_ids: list[int],
+                     header: dict[str, Any] | None = None) -> list[str]:
         tasks, bodies = [], []
         for engine_id in engine_ids:
             task_id = new_id()
@@ -190,7 +197,7 @@ class Client(TaskFarming):
         return [t.task_id for t in tasks]
 
     # --- results --------------------------------------------------------------------
-    def wait(self, jobs: Iterable[str] | None = None, timeout: float = -1, any_of: bool = False) -> bool:
+    def wait(self, jobs: Any = None, timeout: float = -1, any_of: bool = False) -> bool:
         """Wait until the given task ids (default: all outstanding) have finished.
 
         Returns:
@@ -198,7 +205,7 @@ class Client(TaskFarming):
             (negative: no limit) ran out.
         """
         self._connect()
-        wanted = list(self.outstanding if jobs is None else jobs)
+        wanted = list(self.outstanding) if jobs is None else self.task_ids_of(jobs)
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
         poll_s = 0.02
         while True:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import RemoteError, TaskError
 from ..protocol import new_id, seal
 from ..serialization import dumps
-from ..store.records import ABORTED, PENDING, STATUSES, NewTask, error_fields
+from ..store.records import ABORTED, PENDING, NewTask, error_fields
 from .tasks import BaseTask, TaskResult
 
 if TYPE_CHECKING:
@@ -31,16 +31,22 @@ class TaskFarming:
     def submit_many(self: Client, tasks: Sequence[BaseTask]) -> list[str]:
         """Queue several tasks at once (one Redis transaction for their records)."""
         self._connect()
-        new, bodies = [], []
+        prepared = []
         for task in tasks:
             if not isinstance(task, BaseTask):
                 raise TypeError(f"submit takes a MapTask or StringTask, not {type(task).__name__}")
+            prepared.append((task.kind, {"lb": True, **task.header()}, dumps(task.request(), repr(task))))
+        return self._submit_sealed(prepared)
+
+    def _submit_sealed(self: Client, prepared: list[tuple[str, dict[str, Any], bytes]]) -> list[str]:
+        """Record and publish (kind, header, pickled request) triples to the scheduler."""
+        new, bodies = [], []
+        for kind, header, payload in prepared:
             task_id = new_id()
-            header = {"task_id": task_id, "kind": task.kind, "client_id": self.client_id, "lb": True,
-                      **task.header()}
-            body = seal(self.ring, header, dumps(task.request(), repr(task)))
-            extra = {"lb": "1", "_notify": self.names.scheduler_events, "retries": str(task.retries)}
-            new.append(NewTask(task_id, task.kind, self.client_id, body, None, extra))
+            body = seal(self.ring, {"task_id": task_id, "kind": kind, "client_id": self.client_id, **header},
+                        payload)
+            extra = {"lb": "1", "_notify": self.names.scheduler_events, "retries": str(header.get("retries", 0))}
+            new.append(NewTask(task_id, kind, self.client_id, body, None, extra))
             bodies.append(body)
         self.records.create(new)
         for task in new:
@@ -87,8 +93,8 @@ class TaskFarming:
             TaskError: an id is unknown.
         """
         self._connect()
-        single = isinstance(task_ids, str)
-        ids = [task_ids] if single else list(task_ids)
+        single = isinstance(task_ids, (str, int))
+        ids = self.task_ids_of(task_ids)
         error = error_fields("TaskAborted", "the task was aborted before it started")
         done = []
         for task_id in ids:
@@ -105,30 +111,9 @@ class TaskFarming:
         """
         from ..errors import TimeoutError
 
-        ids = list(task_ids)
+        ids = self.task_ids_of(task_ids)
         if not self.wait(ids, -1 if timeout is None else timeout):
             raise TimeoutError(f"{len(ids)} tasks did not all finish within {timeout}s")
-
-    def clear(self: Client) -> int:
-        """Forget results of finished tasks held by this client, freeing their memory.
-
-        The records stay in the cluster's history (see ``purge_results``).
-        """
-        finished = [t for t in self.results if t not in self.outstanding]
-        for task_id in finished:
-            self.results.pop(task_id, None)
-            self._metadata.pop(task_id, None)
-        return len(finished)
-
-    def queue_status(self: Client) -> dict[str, Any]:
-        """Counts by status, tasks waiting for the scheduler, and each engine's queue."""
-        self._connect()
-        counts = self.records.status_counts()
-        return {
-            **{status: counts.get(status, 0) for status in STATUSES},
-            "unassigned": self.records.backlog_size(),
-            "engines": {e: self.engine_queue_status(e) for e in self.ids},
-        }
 
     def load_balanced_view(self: Client, targets: Any = None) -> Any:
         """A view that lets the scheduler pick the engine for each call."""

@@ -29,7 +29,7 @@ from ..keys import KeyRing
 from ..names import Names
 from ..protocol import open_envelope
 from ..recovery import Reaper
-from ..store import Records, Registry, TaskRecord, connect
+from ..store import History, Records, Registry, TaskRecord, connect
 from ..store.leases import Lease
 from ..store.records import PENDING
 from .policy import EngineLoad, PendingTask, plan, scheme_named
@@ -66,6 +66,7 @@ class Scheduler:
         redis_client = connect(s.redis_url)
         self.registry = Registry(redis_client, self.names, s.engine_timeout_s)
         self.records = Records(redis_client, self.names, self.ring)
+        self.history = History(redis_client, self.names)
         self.lease = Lease(redis_client, self.names.scheduler_leader, self.identity, ttl_s=max(3.0, s.engine_timeout_s / 2))
         self.publisher = Publisher(s.amqp_url, s.amqp_heartbeat_s, f"enginefarm-scheduler-{s.cluster}-pub")
         self.reaper = Reaper(
@@ -91,6 +92,9 @@ class Scheduler:
                  self.identity, self.scheme.name, self.settings.cluster)
         while not self._stop.is_set():
             try:
+                if self.records.shutdown_requested():
+                    log.info("scheduler %s: cluster shutdown requested", self.identity)
+                    return 0
                 if self.lease.acquire():
                     break
             except StoreError as exc:
@@ -273,8 +277,13 @@ class Scheduler:
                 self.exit_code = 1
                 self._stop.set()
                 return
+            if self.records.shutdown_requested():
+                log.info("scheduler %s: cluster shutdown requested", self.identity)
+                self._stop.set()
+                return
             self.reaper.observe(True)
             self.reaper.reap_stale()
+            self.history.cull(self.settings.result_ttl_s, self.settings.max_records)
             self._refresh_engines()
             self._dispatch()
         except EnginefarmError as exc:

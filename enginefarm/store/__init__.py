@@ -4,7 +4,8 @@ The only part of enginefarm that imports redis. Key names come from ``enginefarm
 """
 
 from .connection import connect, translate_errors
+from .history import History
 from .records import Records, TaskRecord
 from .registry import Registry
 
-__all__ = ["Records", "Registry", "TaskRecord", "connect", "translate_errors"]
+__all__ = ["History", "Records", "Registry", "TaskRecord", "connect", "translate_errors"]

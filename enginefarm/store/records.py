@@ -407,6 +407,15 @@ class Records:
         """Task ids whose outcome was recorded for this client; waits up to ``timeout_s``."""
         return self._pop(self.names.client_inbox(client_id), timeout_s)
 
+    def request_shutdown(self, ttl_s: int = 60) -> None:
+        """Ask every scheduler of the cluster to exit."""
+        with translate_errors():
+            self.redis.set(self.names.shutdown_flag, "1", ex=ttl_s)
+
+    def shutdown_requested(self) -> bool:
+        with translate_errors():
+            return bool(self.redis.exists(self.names.shutdown_flag))
+
     def count(self, name: str, amount: int = 1) -> None:
         with translate_errors():
             self.redis.incrby(self.names.counter(name), amount)

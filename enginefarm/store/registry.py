@@ -151,6 +151,12 @@ class Registry:
             if int(eid) not in beating and json.loads(info).get("registered", 0) < cutoff
         )
 
+    def server_time(self) -> float:
+        """Redis's clock, the one heartbeats are judged by."""
+        with translate_errors():
+            seconds, micros = self.redis.time()
+        return seconds + micros / 1e6
+
     def info(self, engine_id: int | None = None) -> dict[int, dict[str, Any]]:
         """Registration info (host, pid, started, heartbeat) of one or all engines."""
         with translate_errors():

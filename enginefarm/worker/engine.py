@@ -29,7 +29,7 @@ from ..keys import KeyRing
 from ..names import Names
 from ..protocol import open_envelope
 from ..recovery import Reaper
-from ..store import Records, Registry, connect
+from ..store import History, Records, Registry, connect
 from ..store.records import COMPLETED, FAILED
 from .executor import Executor, Outcome
 
@@ -79,6 +79,7 @@ class Engine:
         redis_client = connect(s.redis_url)
         self.registry = Registry(redis_client, self.names, s.engine_timeout_s)
         self.records = Records(redis_client, self.names, self.ring)
+        self.history = History(redis_client, self.names)
         info = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
         self.engine_id = self.registry.register(info, s.max_engines)
         if self.engine_id < 0:
@@ -287,6 +288,7 @@ class Engine:
             try:
                 self.reaper.broker.keepalive()
                 self.reaper.reap_stale()
+                self.history.cull(self.settings.result_ttl_s, self.settings.max_records)
             except EnginefarmError as exc:
                 log.warning("engine %d could not reap peers: %s", self.engine_id, exc)
 

@@ -1,0 +1,191 @@
+"""The rest of seed 004's Client: the shared history, resubmission, purging, shutdown."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InvalidEngineID, TaskError
+from ..protocol import open_envelope
+from ..store.records import TERMINAL
+from .asyncresult import AsyncResult
+
+if TYPE_CHECKING:
+    from .client import Client
+
+Jobs = str | int | AsyncResult | Iterable[str | int | AsyncResult] | None
+
+
+class HubMethods:
+    """Mixed into Client."""
+
+    def task_ids_of(self: Client, jobs: Jobs) -> list[str]:
+        """Task ids from ids, history indices, AsyncResults, or lists of them."""
+        if jobs is None:
+            return []
+        items = [jobs] if isinstance(jobs, (str, int, AsyncResult)) else list(jobs)
+        ids: list[str] = []
+        for item in items:
+            if isinstance(item, AsyncResult):
+                ids.extend(item.task_ids)
+            elif isinstance(item, bool):
+                raise TypeError("a job is a task id, a history index or an AsyncResult")
+            elif isinstance(item, int):
+                try:
+                    ids.append(self.history[item])
+                except IndexError:
+                    raise TaskError(f"no task at history index {item} ({len(self.history)} submitted)") from None
+            elif isinstance(item, str):
+                ids.append(item)
+            else:
+                raise TypeError(f"a job is a task id, a history index or an AsyncResult, not {item!r}")
+        return ids
+
+    def _known(self: Client, task_ids: list[str]) -> None:
+        self._connect()
+        missing = [t for t, r in zip(task_ids, self.history_store.fetch(task_ids, [])) if r is None]
+        if missing:
+            raise TaskError(f"no task {missing[0]!r} in cluster {self.settings.cluster!r}")
+
+    def get_result(self: Client, indices_or_task_ids: Jobs = None, block: bool | None = None) -> AsyncResult:
+        """An AsyncResult for tasks by id or history index, whoever submitted them.
+
+        With ``block`` (default: the client's), waits for them before returning.
+        Raises:
+            TaskError: an id is unknown.
+        """
+        jobs = -1 if indices_or_task_ids is None else indices_or_task_ids
+        ids = self.task_ids_of(jobs)
+        self._known(ids)
+        single = isinstance(jobs, (str, int))
+        result = AsyncResult(self, ids, single=single, kind="result")
+        if self.block if block is None else block:
+            result.wait()
+        return result
+
+    def result_status(self: Client, task_ids: Jobs, status_only: bool = True) -> dict[str, Any]:
+        """Which tasks are pending and which completed; with ``status_only=False`` also the
+        results of the completed ones, keyed by task id."""
+        ids = self.task_ids_of(task_ids)
+        self._known(ids)
+        statuses = self.records.statuses(ids)
+        done = [t for t, s in zip(ids, statuses) if s in TERMINAL]
+        content: dict[str, Any] = {"pending": [t for t in ids if t not in done], "completed": done}
+        if not status_only:
+            self._absorb(done)
+            content.update({t: self.results[t] for t in done})
+        return content
+
+    def hub_history(self: Client) -> list[str]:
+        """Every task id in the cluster's history, in submission order, across clients."""
+        self._connect()
+        return self.history_store.task_ids()
+
+    def db_query(self: Client, query: dict[str, Any], keys: list[str] | None = None) -> list[dict[str, Any]]:
+        """Task records matching a Mongo-style query (see ``enginefarm.store.query``).
+
+        Raises:
+            QueryError: the query is malformed.
+        """
+        return self.db_query_limited(query, None, keys)
+
+    def db_query_limited(self: Client, query: dict[str, Any], limit: int | None,
+                         keys: list[str] | None = None) -> list[dict[str, Any]]:
+        """``db_query`` returning at most ``limit`` records (the oldest matching)."""
+        self._connect()
+        return self.history_store.query(query, keys, limit)
+
+    def purge_results(self: Client, jobs: Jobs | str = (), targets: Any = ()) -> int:
+        """Forget finished tasks: by id, by engine (``targets``), or everything with 'all'.
+
+        Returns how many records were removed.
+        Raises:
+            TaskError: a task named explicitly is unknown or still in flight.
+        """
+        self._connect()
+        if jobs == "all":
+            removed = self.history_store.purge_all()
+            self.results.clear()
+            self._metadata.clear()
+            return removed
+        ids = self.task_ids_of(jobs or None)
+        if ids:
+            self._known(ids)
+            busy = [t for t, s in zip(ids, self.records.statuses(ids)) if s not in TERMINAL]
+            if busy:
+                raise TaskError(f"cannot purge task {busy[0]} while it is in flight")
+        removed = self.history_store.purge(ids) if ids else 0
+        engines = [targets] if isinstance(targets, int) else list(targets or [])
+        if targets == "all":
+            engines = self.ids
+        for engine_id in engines:
+            removed += self.history_store.purge_engine(int(engine_id))
+        for task_id in ids:
+            self.results.pop(task_id, None)
+            self._metadata.pop(task_id, None)
+        return removed
+
+    def resubmit(self: Client, indices_or_task_ids: Jobs, block: bool | None = None) -> Any:
+        """Run finished tasks again, as new tasks with the same request.
+
+        Raises:
+            TaskError: a task is unknown or still in flight.
+            InvalidEngineID: a task targeted an engine that is gone.
+        """
+        jobs = indices_or_task_ids
+        ids = self.task_ids_of(jobs)
+        self._known(ids)
+        new_ids = []
+        for record in self.records.get_many(ids):
+            assert record is not None
+            if not record.done:
+                raise TaskError(f"cannot resubmit task {record.task_id} while it is in flight")
+            envelope = open_envelope(self.ring, record.request or b"", expect={"task_id": record.task_id})
+            header = {k: v for k, v in envelope.header.items() if k not in ("task_id", "client_id", "ts", "mid")}
+            if header.get("lb"):
+                new_ids += self._submit_sealed([(record.kind, header, envelope.payload)])
+            else:
+                engine_id = int(header.pop("engine_id"))
+                if engine_id not in self.ids:
+                    raise InvalidEngineID(f"task {record.task_id} targeted engine {engine_id}, which is gone")
+                header.pop("kind", None)
+                new_ids += self._send_sealed(record.kind, envelope.payload, [engine_id], header)
+        result = AsyncResult(self, new_ids, single=isinstance(jobs, (str, int)), kind="resubmit")
+        return result.get() if (self.block if block is None else block) else result
+
+    def queue_status(self: Client, targets: Any = None, verbose: bool = False) -> dict[Any, Any]:
+        """Per engine: tasks waiting for it, running, and finished by status; 'unassigned'
+        (waiting for the scheduler); and totals by status. ``verbose`` lists task ids."""
+        self._connect()
+        engines = self.ids if targets in (None, "all") else self.resolve_targets(targets)
+        status: dict[Any, Any] = {}
+        for engine_id in engines:
+            entry = self.engine_queue_status(engine_id)
+            waiting = sorted(self.registry.pending(engine_id) - {entry["running"]})
+            entry.update(self.history_store.engine_tasks(engine_id, verbose))
+            entry["queue"] = waiting if verbose else len(waiting)
+            status[engine_id] = entry
+        backlog = [t for t, _ in self.records.scheduler_backlog()]
+        status["unassigned"] = backlog if verbose else len(backlog)
+        status.update(self.records.status_counts())
+        return status
+
+    def clear(self: Client, targets: Any = None, block: bool | None = None) -> Any:
+        """With ``targets``: reset those engines' namespaces (seed 004). Without: forget the
+        results of finished tasks this client holds, freeing their memory (seed 003); the
+        records stay in the history (see ``purge_results``)."""
+        if targets is not None:
+            return self.direct_view(targets).reset(block=block)
+        finished = [t for t in self.results if t not in self.outstanding]
+        for task_id in finished:
+            self.results.pop(task_id, None)
+            self._metadata.pop(task_id, None)
+        return len(finished)
+
+    def shutdown(self: Client, targets: Any = "all", hub: bool = False, block: bool | None = None) -> None:
+        """Stop engines (after what is queued before this call), and with ``hub`` the schedulers."""
+        self._connect()
+        if targets is not None and (targets != "all" or self.ids):
+            self.direct_view(targets).kill(block=block)
+        if hub:
+            self.records.request_shutdown()

@@ -1,0 +1,231 @@
+"""The task history: queries (seed 004's db_query), purging, and keeping it bounded.
+
+Indexes kept by ``records``: the history sorted set (by submission time), one set per status
+and one per engine. A query on status, engine_id or a time range of ``submitted`` reads only
+the matching records; other queries scan the history in batches, fetching only the fields
+the query and the requested keys need.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import redis
+
+from ..names import Names
+from .connection import translate_errors
+from .query import equal_values, matches, time_range, validate
+from .records import STATUSES
+
+BATCH = 500
+FLOAT_FIELDS = frozenset({"submitted", "started", "completed", "failed_at"})
+INT_FIELDS = frozenset({"engine_id", "attempts", "retries"})
+JSON_FIELDS = frozenset({"error", "last_error"})
+BYTES_FIELDS = frozenset({"result", "request"})
+DEFAULT_FIELDS = (
+    "task_id", "kind", "status", "engine_id", "client_id", "submitted", "started", "completed",
+    "attempts", "retries", "stdout", "stderr", "error", "summary", "lb", "waiting",
+    "failed_on", "lost_on", "namespace_lost",
+)
+
+# Remove finished records (never pending or running ones). ARGV: 1 task key prefix,
+# 2 history key, 3 status index prefix, 4 engine index prefix, 5 only records completed
+# before this time ('inf' for any), 6.. task ids. Returns how many were removed.
+_PURGE = """
+local n = 0
+local before = tonumber(ARGV[5])
+for i = 6, #ARGV do
+  local tid = ARGV[i]
+  local key = ARGV[1] .. tid
+  local st = redis.call('HGET', key, 'status')
+  if st == false then
+    redis.call('ZREM', ARGV[2], tid)
+  elseif (st == 'completed' or st == 'failed' or st == 'aborted')
+      and tonumber(redis.call('HGET', key, 'completed') or '0') < before then
+    local engines = {}
+    for _, f in ipairs({'engine_id', 'failed_on', 'lost_on', 'unmet'}) do
+      local v = redis.call('HGET', key, f)
+      if v then for e in string.gmatch(v, '[^,]+') do engines[e] = true end end
+    end
+    for e, _ in pairs(engines) do redis.call('SREM', ARGV[4] .. e, tid) end
+    redis.call('DEL', key)
+    redis.call('ZREM', ARGV[2], tid)
+    redis.call('SREM', ARGV[3] .. st, tid)
+    n = n + 1
+  end
+end
+return n
+"""
+
+
+def decode_field(name: str, raw: bytes | None) -> Any:
+    if raw is None:
+        return None
+    if name in BYTES_FIELDS:
+        return bytes(raw)
+    text = raw.decode("utf-8", "replace")
+    if text == "" and name not in ("stdout", "stderr", "summary"):
+        return None
+    if name in FLOAT_FIELDS:
+        return float(text)
+    if name in INT_FIELDS:
+        return int(text)
+    if name in JSON_FIELDS:
+        return json.loads(text)
+    if name == "namespace_lost":
+        return text == "1"
+    return text
+
+
+class History:
+    def __init__(self, redis_client: redis.Redis, names: Names) -> None:
+        self.redis = redis_client
+        self.names = names
+        self._purge = redis_client.register_script(_PURGE)
+
+    # --- reading --------------------------------------------------------------------
+    def task_ids(self) -> list[str]:
+        """Every task id in submission order, across clients (the hub history)."""
+        with translate_errors():
+            return [t.decode() for t in self.redis.zrange(self.names.history, 0, -1)]
+
+    def size(self) -> int:
+        with translate_errors():
+            return int(self.redis.zcard(self.names.history))
+
+    def fetch(self, task_ids: list[str], fields: Iterable[str]) -> list[dict[str, Any] | None]:
+        """Chosen fields of each record, typed; None for a record that does not exist."""
+        fields = list(dict.fromkeys(["task_id", "status", *fields]))
+        out: list[dict[str, Any] | None] = []
+        with translate_errors():
+            for start in range(0, len(task_ids), BATCH):
+                pipe = self.redis.pipeline(transaction=False)
+                for task_id in task_ids[start : start + BATCH]:
+                    pipe.hmget(self.names.task(task_id), fields)
+                for values in pipe.execute():
+                    if values[1] is None:  # no status: no record
+                        out.append(None)
+                        continue
+                    row = {f: decode_field(f, v) for f, v in zip(fields, values)}
+                    out.append({k: v for k, v in row.items() if v is not None})
+        return out
+
+    def _candidates(self, query: Mapping[str, Any]) -> list[str] | None:
+        """Task ids the indexes allow, oldest first; None when no index applies."""
+        sets: list[set[str]] = []
+        with translate_errors():
+            statuses = equal_values(query["status"]) if "status" in query else None
+            if statuses is not None:
+                keys = [self.names.status_index(s) for s in statuses if s in STATUSES]
+                sets.append({t.decode() for t in self.redis.sunion(keys)} if keys else set())
+            engines = equal_values(query["engine_id"]) if "engine_id" in query else None
+            if engines is not None:
+                keys = [self.names.engine_index(e) for e in engines if isinstance(e, int)]
+                sets.append({t.decode() for t in self.redis.sunion(keys)} if keys else set())
+            bounds = time_range(query["submitted"]) if "submitted" in query else None
+            if bounds is not None:
+                low, high = bounds
+                ids = self.redis.zrangebyscore(self.names.history, low, high)
+                sets.append({t.decode() for t in ids})
+            if not sets:
+                return None
+            chosen = set.intersection(*sets)
+            scores = self._scores(chosen)
+        return sorted(chosen, key=lambda t: scores.get(t, 0.0))
+
+    def _scores(self, task_ids: set[str]) -> dict[str, float]:
+        ids = list(task_ids)
+        pipe = self.redis.pipeline(transaction=False)
+        for task_id in ids:
+            pipe.zscore(self.names.history, task_id)
+        return {t: (s or 0.0) for t, s in zip(ids, pipe.execute())}
+
+    def _scan(self) -> Iterator[list[str]]:
+        start = 0
+        while True:
+            with translate_errors():
+                batch = [t.decode() for t in self.redis.zrange(self.names.history, start, start + BATCH - 1)]
+            if not batch:
+                return
+            yield batch
+            start += BATCH
+
+    def query(self, query: Mapping[str, Any], keys: Iterable[str] | None = None,
+              limit: int | None = None) -> list[dict[str, Any]]:
+        """Records matching ``query``, oldest first, with the fields in ``keys`` (default: all
+        but the sealed request and result).
+
+        Raises:
+            QueryError: the query is malformed.
+        """
+        query = validate(query)
+        wanted = list(keys) if keys is not None else list(DEFAULT_FIELDS)
+        needed = list(dict.fromkeys([*wanted, *query]))
+        candidates = self._candidates(query)
+        batches = (
+            (candidates[i : i + BATCH] for i in range(0, len(candidates), BATCH))
+            if candidates is not None else self._scan()
+        )
+        found: list[dict[str, Any]] = []
+        for batch in batches:
+            for row in self.fetch(batch, needed):
+                if row is not None and matches(row, query):
+                    found.append({k: row[k] for k in ["task_id", *wanted] if k in row})
+                    if limit is not None and len(found) >= limit:
+                        return found
+        return found
+
+    def engine_tasks(self, engine_id: int, verbose: bool = False) -> dict[str, Any]:
+        """Per status, how many (or, verbose, which) tasks this engine ran or holds."""
+        n = self.names
+        with translate_errors():
+            pipe = self.redis.pipeline(transaction=False)
+            for status in STATUSES:
+                if verbose:
+                    pipe.sinter(n.engine_index(engine_id), n.status_index(status))
+                else:
+                    pipe.sintercard(2, [n.engine_index(engine_id), n.status_index(status)])
+            values = pipe.execute()
+        if verbose:
+            return {s: sorted(t.decode() for t in v) for s, v in zip(STATUSES, values)}
+        return {s: int(v) for s, v in zip(STATUSES, values)}
+
+    # --- removing -------------------------------------------------------------------
+    def purge(self, task_ids: Iterable[str], completed_before: float = float("inf")) -> int:
+        """Remove finished records among ``task_ids``; returns how many were removed."""
+        ids = list(task_ids)
+        removed = 0
+        n = self.names
+        for start in range(0, len(ids), BATCH):
+            args = [n.task(""), n.history, n.status_index(""), n.engine_index(""),
+                    "inf" if completed_before == float("inf") else repr(completed_before),
+                    *ids[start : start + BATCH]]
+            with translate_errors():
+                removed += int(self._purge(args=args))
+        return removed
+
+    def purge_all(self) -> int:
+        return sum(self.purge(batch) for batch in list(self._scan()))
+
+    def purge_engine(self, engine_id: int) -> int:
+        with translate_errors():
+            ids = [t.decode() for t in self.redis.smembers(self.names.engine_index(engine_id))]
+        return self.purge(ids)
+
+    def cull(self, ttl_s: float, max_records: int, interval_s: float = 5.0) -> int:
+        """Keep the history bounded: drop finished records past their time to live, then the
+        oldest finished ones beyond ``max_records``. Runs at most once per ``interval_s``
+        across the cluster; returns how many were removed.
+        """
+        with translate_errors():
+            if not self.redis.set(self.names.cull_lock, "1", nx=True, px=int(interval_s * 1000)):
+                return 0
+            expired = [t.decode() for t in self.redis.zrangebyscore(self.names.history, "-inf", time.time() - ttl_s)]
+        removed = self.purge(expired, completed_before=time.time() - ttl_s) if expired else 0
+        with translate_errors():
+            excess = int(self.redis.zcard(self.names.history)) - max_records
+            oldest = [t.decode() for t in self.redis.zrange(self.names.history, 0, excess - 1)] if excess > 0 else []
+        return removed + (self.purge(oldest) if oldest else 0)

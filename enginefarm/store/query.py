@@ -1,0 +1,104 @@
+"""Mongo-style queries over task records (seed 004's db_query), as pure functions.
+
+Supported: equality, ``$lt $gt $lte $gte $ne $in $nin $exists``, several fields combined (all
+must hold). ``{"submitted": {"$gt": t}}`` matches records submitted *after* t.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+OPERATORS = frozenset({"$lt", "$gt", "$lte", "$gte", "$ne", "$in", "$nin", "$exists"})
+
+
+class QueryError(ValueError):
+    """A query that is not a mapping of field -> value or {operator: value}."""
+
+
+def validate(query: Any) -> dict[str, Any]:
+    if not isinstance(query, Mapping):
+        raise QueryError(f"a query is a dict of field -> condition, not {type(query).__name__}")
+    for field, condition in query.items():
+        if not isinstance(field, str) or field.startswith("$"):
+            raise QueryError(f"bad field name {field!r} (top-level operators are not supported)")
+        if _is_operator_dict(condition):
+            for op, arg in condition.items():
+                if op not in OPERATORS:
+                    raise QueryError(f"unknown operator {op!r} on {field!r}; use one of {sorted(OPERATORS)}")
+                if op in ("$in", "$nin") and not isinstance(arg, (list, tuple, set)):
+                    raise QueryError(f"{op} on {field!r} takes a list")
+    return dict(query)
+
+
+def _is_operator_dict(condition: Any) -> bool:
+    return isinstance(condition, Mapping) and bool(condition) and all(
+        isinstance(k, str) and k.startswith("$") for k in condition
+    )
+
+
+def _compare(value: Any, op: str, arg: Any) -> bool:
+    if value is None:
+        return False
+    try:
+        if op == "$lt":
+            return value < arg
+        if op == "$gt":
+            return value > arg
+        if op == "$lte":
+            return value <= arg
+        if op == "$gte":
+            return value >= arg
+    except TypeError:
+        return False
+    raise QueryError(op)
+
+
+def field_matches(record: Mapping[str, Any], field: str, condition: Any) -> bool:
+    present = field in record and record[field] is not None
+    value = record.get(field)
+    if not _is_operator_dict(condition):
+        return present and value == condition
+    for op, arg in condition.items():
+        if op == "$exists":
+            ok = present == bool(arg)
+        elif op == "$ne":
+            ok = value != arg
+        elif op == "$in":
+            ok = present and value in arg
+        elif op == "$nin":
+            ok = value not in arg
+        else:
+            ok = _compare(value, op, arg)
+        if not ok:
+            return False
+    return True
+
+
+def matches(record: Mapping[str, Any], query: Mapping[str, Any]) -> bool:
+    return all(field_matches(record, f, c) for f, c in query.items())
+
+
+def equal_values(condition: Any) -> list[Any] | None:
+    """The values an index lookup may use for ``condition`` (equality or $in), else None."""
+    if not _is_operator_dict(condition):
+        return [condition]
+    if set(condition) == {"$in"}:
+        return list(condition["$in"])
+    return None
+
+
+def time_range(condition: Any) -> tuple[float, float] | None:
+    """Score bounds for a range condition on a time field, else None."""
+    if not _is_operator_dict(condition):
+        return None
+    low, high = float("-inf"), float("inf")
+    used = False
+    for op, arg in condition.items():
+        if not isinstance(arg, (int, float)):
+            return None
+        if op in ("$gt", "$gte"):
+            low, used = max(low, float(arg)), True
+        elif op in ("$lt", "$lte"):
+            high, used = min(high, float(arg)), True
+    return (low, high) if used else None
