@@ -57,8 +57,12 @@ class Consumer:
         channel = self.link.open()
         if self._generation == self.link.generation and self._consumer_tag is not None:
             return
-        if self._generation != -1 and self.on_reconnect is not None:
-            self.on_reconnect()
+        if self._generation != -1:
+            # The broker closed our channel (e.g. its consumer timeout) or the connection:
+            # every unacked delivery was requeued and will come again.
+            log.warning("broker connection lost (channel %s); consuming again", self._generation)
+            if self.on_reconnect is not None:
+                self.on_reconnect()
         channel.basic_qos(prefetch_count=self.prefetch)
         queue = self.setup(channel)
         self._consumer_tag = channel.basic_consume(queue, self._on_delivery, auto_ack=False)

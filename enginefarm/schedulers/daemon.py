@@ -26,6 +26,8 @@ from ..config import Settings
 from ..deadletter import dead_letter
 from ..errors import EnginefarmError, SignatureError, StoreError, UnroutableError
 from ..keys import KeyRing
+from ..metrics import Metrics
+from ..systemd import notify
 from ..names import Names
 from ..protocol import open_envelope
 from ..recovery import Reaper
@@ -57,7 +59,9 @@ class Scheduler:
         self._events: queue.Queue[list[str]] = queue.Queue()
         self._stop = threading.Event()
         self._next_housekeeping = 0.0
+        self._next_census = 0.0
         self.exit_code = 0
+        self.metrics = Metrics()
 
     # --- lifecycle -----------------------------------------------------------------
     def setup(self) -> None:
@@ -84,10 +88,15 @@ class Scheduler:
         return self.names.tasks_queue
 
     def stop(self) -> None:
+        notify("STOPPING=1")
         self._stop.set()
 
     def run(self) -> int:
         self.setup()
+        if self.settings.metrics_port:
+            self.metrics.serve(self.settings.metrics_port)
+        # Ready means serving: a standby waiting for the lease is a healthy scheduler too.
+        notify(f"READY=1\nSTATUS=scheduler of cluster {self.settings.cluster}")
         log.info("scheduler %s (%s) waiting for the lease of cluster %r",
                  self.identity, self.scheme.name, self.settings.cluster)
         while not self._stop.is_set():
@@ -169,6 +178,7 @@ class Scheduler:
         try:
             envelope = open_envelope(self.ring, delivery.body, self.settings.max_message_age_s)
         except SignatureError as exc:
+            self.metrics.dead_lettered.labels(exc.reason).inc()
             if dead_letter(self.publisher, self.names, self.records, delivery.body, exc, self.names.tasks_queue):
                 self.consumer.ack(delivery)
             else:
@@ -226,6 +236,7 @@ class Scheduler:
         self.pending.pop(task_id, None)
         self.bodies.pop(task_id, None)
         self.waiting_noted.discard(task_id)
+        self.metrics.tasks.labels("dispatched").inc()
         if outcome == 1:
             self._track(task_id, engine_id)
 
@@ -256,6 +267,9 @@ class Scheduler:
             if record is None:
                 continue
             self._untrack(record.task_id)
+            if record.done and (record.task_id in self.pending or record.task_id in self.bodies
+                                or record.extra.get("lb") == "1"):
+                self.metrics.tasks.labels(record.status).inc()
             if record.done:
                 self.pending.pop(record.task_id, None)
                 self.bodies.pop(record.task_id, None)
@@ -282,13 +296,23 @@ class Scheduler:
                 self._stop.set()
                 return
             self.reaper.observe(True)
-            self.reaper.reap_stale()
+            self.metrics.engine_deaths.inc(len(self.reaper.reap_stale()))
             self.history.cull(self.settings.result_ttl_s, self.settings.max_records)
             self._refresh_engines()
+            self._census(now)
             self._dispatch()
         except EnginefarmError as exc:
             self.reaper.observe(False)
             log.warning("scheduler housekeeping failed: %s", exc)
+
+    def _census(self, now: float) -> None:
+        self.metrics.pending.labels(self.scheme.name).set(len(self.pending))
+        self.metrics.engines.set(len(self.live))
+        if now >= self._next_census:
+            self._next_census = now + 15.0
+            records, size = self.history.memory_estimate()
+            self.metrics.history_records.set(records)
+            self.metrics.history_bytes.set(size)
 
     def _refresh_engines(self) -> None:
         live = self.registry.live_ids()

@@ -178,6 +178,19 @@ class History:
                         return found
         return found
 
+    def memory_estimate(self, sample: int = 20) -> tuple[int, int]:
+        """(records, estimated bytes): MEMORY USAGE of a sample of records, scaled up."""
+        with translate_errors():
+            count = int(self.redis.zcard(self.names.history))
+            if count == 0:
+                return 0, 0
+            ids = [t.decode() for t in self.redis.zrandmember(self.names.history, min(sample, count))]
+            pipe = self.redis.pipeline(transaction=False)
+            for task_id in ids:
+                pipe.memory_usage(self.names.task(task_id), samples=0)
+            sizes = [int(v or 0) for v in pipe.execute()]
+        return count, int(sum(sizes) / max(len(sizes), 1) * count)
+
     def engine_tasks(self, engine_id: int, verbose: bool = False) -> dict[str, Any]:
         """Per status, how many (or, verbose, which) tasks this engine ran or holds."""
         n = self.names

@@ -26,6 +26,8 @@ from ..config import Settings
 from ..deadletter import dead_letter
 from ..errors import EnginefarmError, SignatureError, StoreError
 from ..keys import KeyRing
+from ..metrics import Metrics
+from ..systemd import notify, watchdog_interval_s
 from ..names import Names
 from ..protocol import open_envelope
 from ..recovery import Reaper
@@ -70,6 +72,7 @@ class Engine:
         self._dead = threading.Event()
         self._stop_requests = 0
         self._activated = False
+        self.metrics = Metrics()
 
     # --- lifecycle -----------------------------------------------------------------
     def setup(self) -> None:
@@ -117,6 +120,8 @@ class Engine:
     def run(self, on_ready: Callable[[int], None] | None = None) -> int:
         """Serve until stopped; returns the process exit code."""
         self.setup()
+        if self.settings.metrics_port:
+            self.metrics.serve(self.settings.metrics_port)
         log.info("engine %d of cluster %r registered (pid %d)", self.engine_id, self.settings.cluster, os.getpid())
         threads = [
             threading.Thread(target=self._work, name="worker", daemon=True),
@@ -124,8 +129,7 @@ class Engine:
         ]
         for thread in threads:
             thread.start()
-        if on_ready is not None:
-            threading.Thread(target=self._announce, args=(on_ready,), daemon=True).start()
+        threading.Thread(target=self._announce, args=(on_ready,), daemon=True).start()
         try:
             self.consumer.run(self._stop_io)
         finally:
@@ -139,9 +143,11 @@ class Engine:
         log.info("engine %d stopped (exit %d)", self.engine_id, self.exit_code)
         return self.exit_code
 
-    def _announce(self, on_ready: Callable[[int], None]) -> None:
+    def _announce(self, on_ready: Callable[[int], None] | None) -> None:
         if self.consumer.ready.wait(timeout=120):
-            on_ready(self.engine_id)
+            notify(f"READY=1\nSTATUS=engine {self.engine_id} of cluster {self.settings.cluster} consuming")
+            if on_ready is not None:
+                on_ready(self.engine_id)
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, lambda *_: self.request_stop("SIGTERM"))
@@ -152,6 +158,7 @@ class Engine:
         self._stop_requests += 1
         if self._stop_requests == 1:
             log.info("engine %d draining (%s)", self.engine_id, why)
+            notify("STOPPING=1")
             self._draining.set()
             self.consumer.pause()
             budget = self.settings.drain_timeout_s
@@ -187,6 +194,7 @@ class Engine:
         try:
             envelope = open_envelope(self.ring, delivery.body, self.settings.max_message_age_s)
         except SignatureError as exc:
+            self.metrics.dead_lettered.labels(exc.reason).inc()
             queue_name = self.names.engine_queue(self.engine_id)
             if dead_letter(self.publisher, self.names, self.records, delivery.body, exc, queue_name):
                 ack()
@@ -198,8 +206,11 @@ class Engine:
         claimed, previous, attempt = self._retry_store(lambda: self.records.claim(task_id, self.engine_id))
         if not claimed:
             log.info("engine %d skips task %s (%s)", self.engine_id, task_id, previous or "no record")
+            self.metrics.tasks.labels("skipped").inc()
             ack()
             return
+        if isinstance(header.get("ts"), (int, float)):
+            self.metrics.wait_seconds.observe(max(time.time() - header["ts"], 0.0))
         header["attempt"] = attempt
         if header.get("depend"):
             header["properties"] = self._retry_store(lambda: self.registry.get_properties(self.engine_id))
@@ -209,12 +220,19 @@ class Engine:
         custody = threading.Timer(self.settings.custody_after_s, ack)
         custody.daemon = True
         custody.start()
+        started = time.monotonic()
+        self.metrics.in_progress.inc()
         try:
             outcome = self.executor.run(header, envelope.payload, timeout_s)
         finally:
             custody.cancel()
-        if not (header.get("lb") and self._retry_store(lambda: self._hand_back(task_id, header, outcome))):
+            self.metrics.in_progress.dec()
+            self.metrics.run_seconds.observe(time.monotonic() - started)
+        if header.get("lb") and self._retry_store(lambda: self._hand_back(task_id, header, outcome)):
+            self.metrics.tasks.labels("requeued").inc()
+        else:
             self._retry_store(lambda: self._record(task_id, outcome))
+            self.metrics.tasks.labels("completed" if outcome.ok else "failed").inc()
         ack()
         if header.get("kind") == "kill" and outcome.ok:
             self.request_stop("killed by a client")
@@ -227,6 +245,7 @@ class Engine:
         if outcome.ok:
             return False
         if outcome.unmet:
+            self.metrics.retries.labels("unmet").inc()
             return self.records.requeue(task_id, self.engine_id, "unmet", attempts_delta=-1)
         error = {**(outcome.error or {}), "engine_id": self.engine_id}
         fields = {"last_error": json.dumps(error), "failed_at": repr(time.time())}
@@ -234,9 +253,11 @@ class Engine:
             record = self.records.get(task_id)
             lost = len([e for e in (record.extra.get("lost_on", "") if record else "").split(",") if e])
             if lost + 1 < self.settings.max_engine_losses:
+                self.metrics.retries.labels("lost").inc()
                 return self.records.requeue(task_id, self.engine_id, "lost_on", fields=fields)
             return False
         if int(header.get("attempt", 1)) <= int(header.get("retries", 0)):
+            self.metrics.retries.labels("failed").inc()
             return self.records.requeue(task_id, self.engine_id, "failed_on", fields=fields)
         return False
 
@@ -271,7 +292,12 @@ class Engine:
     # --- heartbeat thread ----------------------------------------------------------
     def _beat(self) -> None:
         interval = self.settings.heartbeat_interval_s
+        watchdog = watchdog_interval_s()
+        if watchdog is not None:
+            interval = min(interval, watchdog)
         while not self._stop_io.wait(interval):
+            if watchdog is not None:
+                notify("WATCHDOG=1")
             try:
                 alive = self.registry.heartbeat(self.engine_id)
                 self.reaper.observe(True)
@@ -287,7 +313,8 @@ class Engine:
                 continue
             try:
                 self.reaper.broker.keepalive()
-                self.reaper.reap_stale()
+                self.metrics.engine_deaths.inc(len(self.reaper.reap_stale()))
+                self.metrics.engines.set(len(self.registry.live_ids()))
                 self.history.cull(self.settings.result_ttl_s, self.settings.max_records)
             except EnginefarmError as exc:
                 log.warning("engine %d could not reap peers: %s", self.engine_id, exc)
