@@ -297,15 +297,47 @@ def abort(cluster: str | None, task_ids: tuple[str, ...], as_json: bool) -> None
 @main.command()
 @cluster_option
 @click.argument("task_ids", nargs=-1, required=True)
+@click.option("--wait", "wait_s", type=float, default=None, metavar="SECONDS",
+              help="Wait up to SECONDS for the new tasks (progress bar on a terminal).")
 @json_option
-def resubmit(cluster: str | None, task_ids: tuple[str, ...], as_json: bool) -> None:
+def resubmit(cluster: str | None, task_ids: tuple[str, ...], wait_s: float | None, as_json: bool) -> None:
     """Run finished tasks again as new tasks; prints the new ids."""
     from .admin import require_known, resubmit as do_resubmit
 
     with admin_client(cluster) as client:
         run_guarded(require_known, client, list(task_ids))
         mapping = run_guarded(do_resubmit, client, list(task_ids))
-    emit(mapping, as_json, lambda m: "\n".join(f"{old} -> {new}" for old, new in m.items()))
+        emit(mapping, as_json, lambda m: "\n".join(f"{old} -> {new}" for old, new in m.items()))
+        if wait_s is not None:
+            wait_with_progress(client, list(mapping.values()), wait_s)
+
+
+@main.command()
+@cluster_option
+@click.argument("task_ids", nargs=-1, required=True)
+@click.option("--timeout", "timeout_s", type=float, default=None, help="Give up after this many seconds.")
+def wait(cluster: str | None, task_ids: tuple[str, ...], timeout_s: float | None) -> None:
+    """Wait until tasks finish (progress bar on a terminal); exit 1 if any failed, 2 on timeout."""
+    from .admin import require_known
+
+    with admin_client(cluster) as client:
+        run_guarded(require_known, client, list(task_ids))
+        wait_with_progress(client, list(task_ids), timeout_s)
+
+
+def wait_with_progress(client: Any, task_ids: list[str], timeout_s: float | None) -> None:
+    from .client import AsyncResult
+
+    result = AsyncResult(client, task_ids)
+    if not run_guarded(result.wait_interactive, 0.25, timeout_s, sys.stderr):
+        click.echo(f"Error: {len(task_ids) - result.progress} of {len(task_ids)} tasks still running", err=True)
+        sys.exit(2)
+    failed = [t for t in task_ids if isinstance(client.results[t], BaseException)]
+    for task_id in failed:
+        click.echo(f"{task_id}: {client.results[task_id]}", err=True)
+    click.echo(f"{len(task_ids) - len(failed)} completed, {len(failed)} failed")
+    if failed:
+        sys.exit(1)
 
 
 @main.command()

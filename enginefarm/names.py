@@ -25,6 +25,11 @@ class Names:
         return f"{self.cluster}.tasks"
 
     @property
+    def work_queue(self) -> str:
+        """Plain FIFO load-balanced tasks, consumed by every engine directly (the fast path)."""
+        return f"{self.cluster}.work"
+
+    @property
     def dead_exchange(self) -> str:
         return f"{self.cluster}.dlx"
 
@@ -41,7 +46,7 @@ class Names:
         return str(engine_id)
 
     def fixed_queues(self) -> list[str]:
-        return [self.tasks_queue, self.dead_queue]
+        return [self.tasks_queue, self.work_queue, self.dead_queue]
 
     def exchanges(self) -> list[str]:
         return [self.direct_exchange, self.dead_exchange]
@@ -100,6 +105,11 @@ class Names:
     def scheduler_events(self) -> str:
         """List of task ids whose state changed in a way the scheduler must see."""
         return self.key("sched", "events")
+
+    @property
+    def scheduler_scheme(self) -> str:
+        """The active scheduler's scheme; clients send only FIFO work past the scheduler."""
+        return self.key("sched", "scheme")
 
     @property
     def scheduler_leader(self) -> str:

@@ -36,7 +36,7 @@ class Consumer:
     def __init__(
         self,
         url: str,
-        setup: Callable[[Any], str],
+        setup: Callable[[Any], list[str]],
         on_message: Callable[[Delivery], None],
         prefetch: int = 4,
         heartbeat_s: int = 30,
@@ -48,14 +48,14 @@ class Consumer:
         self.on_message = on_message
         self.prefetch = prefetch
         self.on_reconnect = on_reconnect
-        self._consumer_tag: str | None = None
+        self._consumer_tags: list[str] = []
         self._generation = -1
         self._paused = threading.Event()
         self.ready = threading.Event()
 
     def _start(self) -> None:
         channel = self.link.open()
-        if self._generation == self.link.generation and self._consumer_tag is not None:
+        if self._generation == self.link.generation and self._consumer_tags:
             return
         if self._generation != -1:
             # The broker closed our channel (e.g. its consumer timeout) or the connection:
@@ -64,8 +64,9 @@ class Consumer:
             if self.on_reconnect is not None:
                 self.on_reconnect()
         channel.basic_qos(prefetch_count=self.prefetch)
-        queue = self.setup(channel)
-        self._consumer_tag = channel.basic_consume(queue, self._on_delivery, auto_ack=False)
+        self._consumer_tags = [
+            channel.basic_consume(queue, self._on_delivery, auto_ack=False) for queue in self.setup(channel)
+        ]
         self._generation = self.link.generation
         self.ready.set()
 
@@ -102,7 +103,7 @@ class Consumer:
             except RECOVERABLE as exc:
                 self.ready.clear()
                 log.warning("broker connection lost (%s: %s); reconnecting", type(exc).__name__, exc)
-                self._consumer_tag = None
+                self._consumer_tags = []
                 self.link.close()
 
     def _call(self, fn: Callable[[], None]) -> None:
@@ -128,9 +129,10 @@ class Consumer:
         self._paused.set()
 
         def do() -> None:
-            if self._consumer_tag is not None and self.link.channel is not None:
-                self.link.channel.basic_cancel(self._consumer_tag)
-            self._consumer_tag = None
+            if self.link.channel is not None:
+                for tag in self._consumer_tags:
+                    self.link.channel.basic_cancel(tag)
+            self._consumer_tags = []
 
         self._call(do)
 

@@ -37,6 +37,9 @@ class Publisher:
         self.attempts = attempts
         self.link = BrokerConnection(url, heartbeat_s, name, on_open=self._setup,
                                      reconnect_window_s=reconnect_window_s)
+        # A second channel in transaction mode, for batches (confirm and tx cannot share one).
+        self._tx: Any = None
+        self._tx_generation = -1
 
     def _setup(self, channel: Any) -> None:
         channel.confirm_delivery()
@@ -78,6 +81,42 @@ class Publisher:
                 log.warning("publish to %s failed: %s; reconnecting", exchange, type(exc).__name__)
                 self.link.close()
         raise BrokerError(f"could not publish to {exchange!r}: {type(last).__name__}: {last}") from last
+
+    def publish_batch(self, messages: list[tuple[str, str, bytes]], batch: int = 500) -> None:
+        """Publish (exchange, routing key, body) triples persistently, ``batch`` per transaction.
+
+        One round trip per transaction instead of one per message. Not mandatory: use it
+        where an unroutable message cannot happen or is caught another way.
+
+        Raises:
+            BrokerError: the broker stayed unreachable (the unfinished batch may be partly
+                delivered; receivers deduplicate).
+        """
+        props = pika.BasicProperties(delivery_mode=PERSISTENT)
+        for start in range(0, len(messages), batch):
+            chunk = messages[start : start + batch]
+            last: Exception | None = None
+            for attempt in range(self.attempts):
+                try:
+                    channel = self._tx_channel()
+                    for exchange, routing_key, body in chunk:
+                        channel.basic_publish(exchange, routing_key, body, props)
+                    channel.tx_commit()
+                    break
+                except RECOVERABLE as exc:
+                    last = exc
+                    log.warning("batch publish failed: %s; reconnecting", type(exc).__name__)
+                    self.link.close()
+            else:
+                raise BrokerError(f"could not publish a batch: {type(last).__name__}: {last}") from last
+
+    def _tx_channel(self) -> Any:
+        self.link.open()
+        if self._tx is None or self._tx_generation != self.link.generation or not self._tx.is_open:
+            self._tx = self.link.connection.channel()
+            self._tx.tx_select()
+            self._tx_generation = self.link.generation
+        return self._tx
 
     def process_events(self) -> None:
         """Answer heartbeats on an idle connection (call now and then)."""

@@ -16,6 +16,9 @@ def declare_cluster(channel: Any, names: Names) -> None:
     channel.queue_declare(names.dead_queue, durable=True)
     channel.queue_bind(names.dead_queue, names.dead_exchange)
     channel.queue_declare(
+        names.work_queue, durable=True, arguments={"x-dead-letter-exchange": names.dead_exchange}
+    )
+    channel.queue_declare(
         names.tasks_queue,
         durable=True,
         arguments={

@@ -39,21 +39,30 @@ class TaskFarming:
         return self._submit_sealed(prepared)
 
     def _submit_sealed(self: Client, prepared: list[tuple[str, dict[str, Any], bytes]]) -> list[str]:
-        """Record and publish (kind, header, pickled request) triples to the scheduler."""
-        new, bodies = [], []
+        """Record and publish (kind, header, pickled request) triples.
+
+        Plain FIFO work goes straight to the engines' shared queue; tasks that need the
+        scheduler (depend, priority, or a LIFO/priority scheme) go through it.
+        """
+        scheme = self.records.scheme()
+        new, messages = [], []
         for kind, header, payload in prepared:
             task_id = new_id()
             body = seal(self.ring, {"task_id": task_id, "kind": kind, "client_id": self.client_id, **header},
                         payload)
-            extra = {"lb": "1", "_notify": self.names.scheduler_events, "retries": str(header.get("retries", 0))}
+            extra = {"lb": "1", "retries": str(header.get("retries", 0))}
+            if header.get("depend") or header.get("priority") or scheme not in (None, "fifo"):
+                extra["_notify"] = self.names.scheduler_events
+                messages.append(("", self.names.tasks_queue, body))
+            else:
+                messages.append(("", self.names.work_queue, body))
             new.append(NewTask(task_id, kind, self.client_id, body, None, extra))
-            bodies.append(body)
-        self.records.create(new)
+        for start in range(0, len(new), 1000):
+            self.records.create(new[start : start + 1000])
         for task in new:
             self.history.append(task.task_id)
             self.outstanding.add(task.task_id)
-        for body in bodies:
-            self.publisher.publish("", self.names.tasks_queue, body)
+        self.publisher.publish_batch(messages)
         return [t.task_id for t in new]
 
     def get_task_result(self: Client, task_id: str, block: bool = False,

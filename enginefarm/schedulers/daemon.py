@@ -83,9 +83,9 @@ class Scheduler:
             heartbeat_s=s.amqp_heartbeat_s, name=f"enginefarm-scheduler-{s.cluster}",
         )
 
-    def _declare(self, channel: Any) -> str:
+    def _declare(self, channel: Any) -> list[str]:
         declare_cluster(channel, self.names)
-        return self.names.tasks_queue
+        return [self.names.tasks_queue]
 
     def stop(self) -> None:
         notify("STOPPING=1")
@@ -112,6 +112,7 @@ class Scheduler:
         if self._stop.is_set():
             return 0
         log.info("scheduler %s is active for cluster %r", self.identity, self.settings.cluster)
+        self.records.set_scheme(self.scheme.name)
         self._restore()
         threading.Thread(target=self._listen, name="events", daemon=True).start()
         try:

@@ -65,7 +65,8 @@ return {'ok', st, redis.call('HGET', task, 'attempts')}
 """
 
 # Back to the scheduler: a load-balanced task that failed with retries left, whose depend
-# did not hold on its engine, or whose engine was lost. KEYS: task, scheduler pending zset.
+# did not hold on its engine, or whose engine was lost. KEYS: task, scheduler pending zset,
+# scheduler events list (the task stays known to the scheduler from now on).
 # ARGV: 1 task id, 2 status-index prefix, 3 attempts delta (-1 when the task never really
 # ran), 4 engine id to add to the list named by 5 ('failed_on', 'unmet' or 'lost_on'),
 # 6.. field/value pairs to set.
@@ -89,9 +90,10 @@ for i = 6, #ARGV, 2 do redis.call('HSET', task, ARGV[i], ARGV[i + 1]) end
 redis.call('HSET', task, 'status', 'pending')
 redis.call('SREM', ARGV[2] .. st, tid)
 redis.call('SADD', ARGV[2] .. 'pending', tid)
-redis.call('ZADD', KEYS[2], tonumber(redis.call('HGET', task, '_seq') or '0'), tid)
-local notify = redis.call('HGET', task, '_notify')
-if notify then redis.call('LPUSH', notify, tid) end
+redis.call('HSETNX', task, '_seq', redis.call('HGET', task, 'submitted') or '0')
+redis.call('ZADD', KEYS[2], tonumber(redis.call('HGET', task, '_seq')), tid)
+redis.call('HSET', task, '_notify', KEYS[3])
+redis.call('LPUSH', KEYS[3], tid)
 return 1
 """
 
@@ -302,7 +304,8 @@ class Records:
         for key, value in (fields or {}).items():
             args.extend([key, value])
         with translate_errors():
-            return bool(self._requeue(keys=[self.names.task(task_id), self.names.scheduler_pending], args=args))
+            keys = [self.names.task(task_id), self.names.scheduler_pending, self.names.scheduler_events]
+            return bool(self._requeue(keys=keys, args=args))
 
     def enqueue(self, task_id: str, seq: float) -> int:
         """The scheduler accepts a task: 1 queued, 2 already queued, 0 not pending (drop it)."""
@@ -406,6 +409,16 @@ class Records:
     def pop_inbox(self, client_id: str, timeout_s: float) -> list[str]:
         """Task ids whose outcome was recorded for this client; waits up to ``timeout_s``."""
         return self._pop(self.names.client_inbox(client_id), timeout_s)
+
+    def set_scheme(self, scheme: str) -> None:
+        with translate_errors():
+            self.redis.set(self.names.scheduler_scheme, scheme)
+
+    def scheme(self) -> str | None:
+        """The active scheduler's scheme, or None if no scheduler has run."""
+        with translate_errors():
+            value = self.redis.get(self.names.scheduler_scheme)
+        return value.decode() if value is not None else None
 
     def request_shutdown(self, ttl_s: int = 60) -> None:
         """Ask every scheduler of the cluster to exit."""

@@ -108,14 +108,14 @@ class Engine:
             s.max_engine_losses,
         )
 
-    def _declare(self, channel: Any) -> str:
+    def _declare(self, channel: Any) -> list[str]:
         declare_cluster(channel, self.names)
         queue_name = declare_engine_queue(channel, self.names, self.engine_id)
         if not self._activated:
             # Only now can clients route to us: the queue exists and consuming starts next.
             self._retry_store(lambda: self.registry.activate(self.engine_id))
             self._activated = True
-        return queue_name
+        return [queue_name, self.names.work_queue]
 
     def run(self, on_ready: Callable[[int], None] | None = None) -> int:
         """Serve until stopped; returns the process exit code."""
@@ -215,17 +215,14 @@ class Engine:
         if header.get("depend"):
             header["properties"] = self._retry_store(lambda: self.registry.get_properties(self.engine_id))
         timeout_s = float(header.get("timeout") or self.settings.task_timeout_s or 0)
-        # Long tasks hand custody to the record in Redis, so the broker's consumer timeout
-        # never closes our channel; a reaper settles the record if this engine dies.
-        custody = threading.Timer(self.settings.custody_after_s, ack)
-        custody.daemon = True
-        custody.start()
         started = time.monotonic()
         self.metrics.in_progress.inc()
         try:
-            outcome = self.executor.run(header, envelope.payload, timeout_s)
+            # Long tasks hand custody to the record in Redis, so the broker's consumer timeout
+            # never closes our channel; a reaper settles the record if this engine dies.
+            outcome = self.executor.run(header, envelope.payload, timeout_s,
+                                        after=(self.settings.custody_after_s, ack))
         finally:
-            custody.cancel()
             self.metrics.in_progress.dec()
             self.metrics.run_seconds.observe(time.monotonic() - started)
         if header.get("lb") and self._retry_store(lambda: self._hand_back(task_id, header, outcome)):

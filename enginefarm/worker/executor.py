@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -68,14 +69,22 @@ class Executor:
         self._reason = reason
         self._interrupt.set()
 
-    def run(self, header: dict[str, Any], payload: bytes, timeout_s: float = 0.0) -> Outcome:
+    def run(self, header: dict[str, Any], payload: bytes, timeout_s: float = 0.0,
+            after: tuple[float, Callable[[], None]] | None = None) -> Outcome:
+        """Run one request in the child. ``after=(seconds, fn)`` calls ``fn`` once if the
+        request is still running after that long."""
         if self.proc is None or self.proc.poll() is not None:
             self.restart()
         assert self.conn is not None
         self._interrupt.clear()
         self.conn.send_bytes(pickle.dumps((header, payload), protocol=pickle.HIGHEST_PROTOCOL))
-        deadline = time.monotonic() + timeout_s if timeout_s > 0 else None
+        now = time.monotonic()
+        deadline = now + timeout_s if timeout_s > 0 else None
+        late_at, late_fn = (now + after[0], after[1]) if after is not None else (None, None)
         while True:
+            if late_at is not None and time.monotonic() >= late_at:
+                late_fn()
+                late_at = None
             try:
                 if self.conn.poll(0.05):
                     raw = self.conn.recv_bytes()
