@@ -115,7 +115,9 @@ class Cluster:
             if daemon.proc.poll() is not None:
                 raise AssertionError(f"scheduler exited with {daemon.proc.returncode}:\n{daemon.log()}")
             holder = client.get(self.names.scheduler_leader)
-            return holder is not None and f":{daemon.pid}:" in holder.decode()
+            # Active means it also published its scheme, which clients route by.
+            return (holder is not None and f":{daemon.pid}:" in holder.decode()
+                    and client.exists(self.names.scheduler_scheme) == 1)
 
         wait_for(active, timeout_s, f"scheduler pid {daemon.pid} to become active")
 
