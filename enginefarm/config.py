@@ -50,6 +50,9 @@ class Settings:
     prefetch: int = 4
     # Cap on captured stdout/stderr per task, in bytes.
     output_cap_bytes: int = 65536
+    # Largest signed request a client may send, and largest result an engine records.
+    # RabbitMQ refuses messages over 128 MiB by default; stay well below.
+    max_message_bytes: int = 32 * 1024 * 1024
     # Default per-task time limit (0 = none).
     task_timeout_s: float = 0.0
     # How long a finished task record is kept, and how many records at most.

@@ -34,6 +34,10 @@ class SerializationError(EnginefarmError):
     """An object could not be pickled or unpickled."""
 
 
+class PayloadTooLarge(SerializationError):
+    """A request or result is larger than the cluster's cap (``max_message_bytes``)."""
+
+
 class SignatureError(EnginefarmError):
     """A message or stored value is unsigned, tampered with or malformed.
 

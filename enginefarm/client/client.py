@@ -13,7 +13,7 @@ from typing import Any
 from ..broker import Publisher
 from ..broker.topology import declare_cluster
 from ..config import Settings
-from ..errors import InvalidEngineID, NoEnginesRegistered, RemoteError, SignatureError, UnroutableError
+from ..errors import InvalidEngineID, PayloadTooLarge, StoreError, NoEnginesRegistered, RemoteError, SignatureError, UnroutableError
 from ..keys import KeyRing
 from ..names import Names
 from ..protocol import new_id, seal
@@ -170,8 +170,16 @@ class Client(TaskFarming, HubMethods):
         payload = dumps(request, what or f"the {kind} request") if request is not None else b""
         return self._send_sealed(kind, payload, engine_ids, header)
 
+    def check_size(self, payload: bytes, what: str) -> None:
+        """Raises: PayloadTooLarge before anything is recorded or published."""
+        cap = self.settings.max_message_bytes
+        if len(payload) > cap:
+            raise PayloadTooLarge(f"{what} is {len(payload):,} bytes pickled, over the cluster's cap of "
+                                  f"{cap:,} bytes (max_message_bytes); send a reference to the data instead")
+
     def _send_sealed(self, kind: str, payload: bytes, engine_ids: list[int],
                      header: dict[str, Any] | None = None) -> list[str]:
+        self.check_size(payload, f"the {kind} request")
         tasks, bodies = [], []
         for engine_id in engine_ids:
             task_id = new_id()
@@ -207,25 +215,38 @@ class Client(TaskFarming, HubMethods):
         self._connect()
         wanted = list(self.outstanding) if jobs is None else self.task_ids_of(jobs)
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
-        poll_s = 0.02
-        while True:
+        poll_s, outage_s = 0.02, 0.1
+
+        def finished() -> bool:
             missing = [t for t in wanted if t not in self.results]
-            if not missing or (any_of and len(missing) < len(wanted)):
-                return True
+            return not missing or (any_of and len(missing) < len(wanted))
+
+        while not finished():
+            missing = [t for t in wanted if t not in self.results]
             ours = all(t in self.outstanding for t in missing)
             remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                self._absorb(self.records.pop_inbox(self.client_id, 0.0) if ours else [])
-                self._absorb_finished(missing)
-                return all(t in self.results for t in wanted)
-            step = 1.0 if ours else poll_s
-            step = step if remaining is None else min(step, max(remaining, 0.0))
-            if ours:
-                self._absorb(self.records.pop_inbox(self.client_id, step))
-            else:
-                time.sleep(step)
-                poll_s = min(poll_s * 2, 0.5)
-            self._sweep(missing)
+            try:
+                if remaining is not None and remaining <= 0:
+                    self._absorb(self.records.pop_inbox(self.client_id, 0.0) if ours else [])
+                    self._absorb_finished(missing)
+                    return finished()
+                step = 1.0 if ours else poll_s
+                step = step if remaining is None else min(step, max(remaining, 0.0))
+                if ours:
+                    self._absorb(self.records.pop_inbox(self.client_id, step))
+                else:
+                    time.sleep(step)
+                    poll_s = min(poll_s * 2, 0.5)
+                self._sweep(missing)
+                outage_s = 0.1
+            except StoreError as exc:
+                # Redis restarting or paused: keep waiting; statuses are read again after.
+                log.warning("waiting for Redis: %s", exc)
+                self.reaper.observe(False)
+                self._last_sweep = 0.0
+                time.sleep(outage_s if remaining is None else min(outage_s, max(remaining, 0.0)))
+                outage_s = min(outage_s * 2, 2.0)
+        return True
 
     def spin(self) -> None:
         """Take in every result that has arrived, without waiting."""

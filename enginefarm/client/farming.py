@@ -47,6 +47,8 @@ class TaskFarming:
         scheme = self.records.scheme()
         new, messages = [], []
         for kind, header, payload in prepared:
+            self.check_size(payload, f"the {kind} request")
+        for kind, header, payload in prepared:
             task_id = new_id()
             body = seal(self.ring, {"task_id": task_id, "kind": kind, "client_id": self.client_id, **header},
                         payload)

@@ -33,7 +33,7 @@ from ..protocol import open_envelope
 from ..recovery import Reaper
 from ..store import History, Records, Registry, TaskRecord, connect
 from ..store.leases import Lease
-from ..store.records import PENDING
+from ..store.records import PENDING, TERMINAL
 from .policy import EngineLoad, PendingTask, plan, scheme_named
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,7 @@ class Scheduler:
         self._stop = threading.Event()
         self._next_housekeeping = 0.0
         self._next_census = 0.0
+        self._next_reconcile = 0.0
         self.exit_code = 0
         self.metrics = Metrics()
 
@@ -208,6 +209,14 @@ class Scheduler:
         return [EngineLoad(e, len(self.assigned.get(e, ()))) for e in self.live]
 
     def _dispatch(self) -> None:
+        """Route what can be routed now. Never raises: it runs inside broker callbacks, and
+        whatever it could not do is still in Redis for the next attempt."""
+        try:
+            self._dispatch_now()
+        except EnginefarmError as exc:
+            log.warning("scheduler could not dispatch: %s", exc)
+
+    def _dispatch_now(self) -> None:
         if not self.pending or not self.live:
             return
         decided = plan(self.scheme, self.pending.values(), self._loads(), self.settings.scheduler_slots,
@@ -255,6 +264,12 @@ class Scheduler:
                 self.consumer.link.call_threadsafe(self._on_events)
 
     def _on_events(self) -> None:
+        try:
+            self._take_events()
+        except EnginefarmError as exc:
+            log.warning("scheduler could not read task states: %s", exc)
+
+    def _take_events(self) -> None:
         task_ids: list[str] = []
         while True:
             try:
@@ -264,14 +279,20 @@ class Scheduler:
         if not task_ids:
             return
         unique = list(dict.fromkeys(task_ids))
-        for record in self.records.get_many(unique):
-            if record is None:
+        try:
+            records = self.records.get_many(unique)
+        except EnginefarmError:
+            self._events.put(unique)  # looked at again on the next tick
+            raise
+        for task_id, record in zip(unique, records):
+            if record is None:  # purged
+                self._untrack(task_id)
+                self.pending.pop(task_id, None)
+                self.bodies.pop(task_id, None)
                 continue
             self._untrack(record.task_id)
-            if record.done and (record.task_id in self.pending or record.task_id in self.bodies
-                                or record.extra.get("lb") == "1"):
-                self.metrics.tasks.labels(record.status).inc()
             if record.done:
+                self.metrics.tasks.labels(record.status).inc()
                 self.pending.pop(record.task_id, None)
                 self.bodies.pop(record.task_id, None)
                 self.waiting_noted.discard(record.task_id)
@@ -300,11 +321,22 @@ class Scheduler:
             self.metrics.engine_deaths.inc(len(self.reaper.reap_stale()))
             self.history.cull(self.settings.result_ttl_s, self.settings.max_records)
             self._refresh_engines()
+            self._reconcile(now)
             self._census(now)
             self._dispatch()
         except EnginefarmError as exc:
             self.reaper.observe(False)
             log.warning("scheduler housekeeping failed: %s", exc)
+
+    def _reconcile(self, now: float) -> None:
+        """Safety net for a lost event: look at the routed tasks' records now and then."""
+        if now < self._next_reconcile or not self.engine_of:
+            return
+        self._next_reconcile = now + 5.0
+        tracked = list(self.engine_of)
+        finished = [t for t, s in zip(tracked, self.records.statuses(tracked)) if s is None or s in TERMINAL]
+        if finished:
+            self._events.put(finished)
 
     def _census(self, now: float) -> None:
         self.metrics.pending.labels(self.scheme.name).set(len(self.pending))

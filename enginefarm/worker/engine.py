@@ -32,7 +32,7 @@ from ..names import Names
 from ..protocol import open_envelope
 from ..recovery import Reaper
 from ..store import History, Records, Registry, connect
-from ..store.records import COMPLETED, FAILED
+from ..store.records import COMPLETED, FAILED, TERMINAL
 from .executor import Executor, Outcome
 
 log = logging.getLogger(__name__)
@@ -194,18 +194,18 @@ class Engine:
         try:
             envelope = open_envelope(self.ring, delivery.body, self.settings.max_message_age_s)
         except SignatureError as exc:
-            self.metrics.dead_lettered.labels(exc.reason).inc()
-            queue_name = self.names.engine_queue(self.engine_id)
-            if dead_letter(self.publisher, self.names, self.records, delivery.body, exc, queue_name):
-                ack()
-            else:
-                self.consumer.reject(delivery, requeue=False)
+            self._refuse(delivery, ack, exc)
             return
         header = envelope.header
         task_id = str(header.get("task_id", ""))
         claimed, previous, attempt = self._retry_store(lambda: self.records.claim(task_id, self.engine_id))
         if not claimed:
-            log.info("engine %d skips task %s (%s)", self.engine_id, task_id, previous or "no record")
+            if not delivery.redelivered and previous in TERMINAL | {""}:
+                # A fresh publish of a finished (or forgotten) task: someone replays a
+                # captured message. Legitimate duplicates are broker redeliveries.
+                self._refuse(delivery, ack, SignatureError("replayed", f"task {task_id} already {previous or 'gone'}"))
+                return
+            log.info("engine %d skips task %s (%s)", self.engine_id, task_id, previous)
             self.metrics.tasks.labels("skipped").inc()
             ack()
             return
@@ -234,6 +234,15 @@ class Engine:
         if header.get("kind") == "kill" and outcome.ok:
             self.request_stop("killed by a client")
 
+    def _refuse(self, delivery: Delivery, ack: AckOnce, exc: SignatureError) -> None:
+        self.metrics.dead_lettered.labels(exc.reason).inc()
+        source = self.names.work_queue if delivery.routing_key == self.names.work_queue else \
+            self.names.engine_queue(self.engine_id)
+        if dead_letter(self.publisher, self.names, self.records, delivery.body, exc, source):
+            ack()
+        else:
+            self.consumer.reject(delivery, requeue=False)
+
     def _hand_back(self, task_id: str, header: dict[str, Any], outcome: Outcome) -> bool:
         """Give a load-balanced task back to the scheduler when seed 003 says to run it again.
 
@@ -259,6 +268,13 @@ class Engine:
         return False
 
     def _record(self, task_id: str, outcome: Outcome) -> bool:
+        cap = self.settings.max_message_bytes
+        if outcome.ok and len(outcome.value or b"") > cap:
+            outcome.ok = False
+            outcome.error = {"ename": "ResultTooLarge", "traceback": "",
+                             "evalue": f"the result is {len(outcome.value or b''):,} bytes pickled, over the "
+                                       f"cluster's cap of {cap:,} bytes (max_message_bytes)"}
+            outcome.value = None
         fields: dict[str, Any] = {"stdout": outcome.stdout, "stderr": outcome.stderr}
         if outcome.ok:
             fields["summary"] = outcome.summary
