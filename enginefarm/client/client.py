@@ -242,6 +242,8 @@ class Client(TaskFarming, HubMethods):
             except StoreError as exc:
                 # Redis restarting or paused: keep waiting; statuses are read again after.
                 log.warning("waiting for Redis: %s", exc)
+                if remaining is not None and remaining <= 0:
+                    return finished()
                 self.reaper.observe(False)
                 self._last_sweep = 0.0
                 time.sleep(outage_s if remaining is None else min(outage_s, max(remaining, 0.0)))
