@@ -28,7 +28,8 @@ def cluster_status(client: Client) -> dict[str, Any]:
             "queued": client.registry.pending_count(engine_id),
         })
     names = client.names
-    queues = [names.tasks_queue, names.dead_queue, *(names.engine_queue(e["engine_id"]) for e in engines)]
+    queues = [names.tasks_queue, names.work_queue, names.dead_queue,
+              *(names.engine_queue(e["engine_id"]) for e in engines)]
     return {
         "cluster": client.settings.cluster,
         "engines": engines,
@@ -54,7 +55,7 @@ def purge(client: Client, task_ids: list[str], everything: bool, engine_id: int 
             if client.records.fail(row["task_id"], error, allowed=(PENDING,), status=ABORTED):
                 report["aborted"] += 1
         names = client.names
-        for queue in [names.tasks_queue, *(names.engine_queue(e) for e in client.registry.info())]:
+        for queue in [names.tasks_queue, names.work_queue, *(names.engine_queue(e) for e in client.registry.info())]:
             report["messages"][queue] = client.publisher.link.purge_queue(queue)
     if everything:
         report["records"] += client.purge_results("all")
@@ -71,11 +72,8 @@ def abort(client: Client, task_ids: list[str]) -> dict[str, bool]:
 
 def resubmit(client: Client, task_ids: list[str]) -> dict[str, str]:
     """Resubmit each task; returns old id -> new id."""
-    mapping = {}
-    for task_id in task_ids:
-        result = client.resubmit([task_id], block=False)
-        mapping[task_id] = result.task_ids[0]
-    return mapping
+    result = client.resubmit(list(task_ids), block=False)
+    return dict(zip(task_ids, result.task_ids))
 
 
 def require_known(client: Client, task_ids: list[str]) -> None:

@@ -48,10 +48,14 @@ def run_guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 @click.group()
-@click.option("--log-level", default="INFO", envvar="ENGINEFARM_LOG_LEVEL", show_default=True)
-def main(log_level: str) -> None:
+@click.option("--log-level", default=None, envvar="ENGINEFARM_LOG_LEVEL",
+              help="Log level (default: INFO for daemons, ERROR for admin commands).")
+@click.pass_context
+def main(ctx: click.Context, log_level: str | None) -> None:
     """enginefarm: IPython-style engines and task farming on RabbitMQ and Redis."""
-    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    daemon = ctx.invoked_subcommand in ("engine", "scheduler", "cluster", "demo")
+    level = log_level or ("INFO" if daemon else "ERROR")
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     # pika logs every failed connection attempt with a traceback; ours say it in one line.
     logging.getLogger("pika").setLevel(logging.CRITICAL)
 

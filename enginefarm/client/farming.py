@@ -107,10 +107,9 @@ class TaskFarming:
         single = isinstance(task_ids, (str, int))
         ids = self.task_ids_of(task_ids)
         error = error_fields("TaskAborted", "the task was aborted before it started")
+        self._known(ids)
         done = []
         for task_id in ids:
-            if self.records.get(task_id) is None:
-                raise TaskError(f"no task {task_id!r} in cluster {self.settings.cluster!r}")
             done.append(self.records.fail(task_id, error, allowed=(PENDING,), status=ABORTED))
         return done[0] if single else done
 

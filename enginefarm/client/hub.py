@@ -108,7 +108,7 @@ class HubMethods:
             self.results.clear()
             self._metadata.clear()
             return removed
-        ids = self.task_ids_of(jobs or None)
+        ids = self.task_ids_of(None if jobs is None or (isinstance(jobs, (list, tuple, set)) and not jobs) else jobs)
         if ids:
             self._known(ids)
             busy = [t for t, s in zip(ids, self.records.statuses(ids)) if s not in TERMINAL]
@@ -135,21 +135,26 @@ class HubMethods:
         jobs = indices_or_task_ids
         ids = self.task_ids_of(jobs)
         self._known(ids)
-        new_ids = []
+        # Check everything before submitting anything: a refusal leaves nothing half done.
+        plans = []
+        live = self.ids
         for record in self.records.get_many(ids):
             assert record is not None
             if not record.done:
                 raise TaskError(f"cannot resubmit task {record.task_id} while it is in flight")
             envelope = open_envelope(self.ring, record.request or b"", expect={"task_id": record.task_id})
             header = {k: v for k, v in envelope.header.items() if k not in ("task_id", "client_id", "ts", "mid")}
+            if not header.get("lb") and int(header["engine_id"]) not in live:
+                raise InvalidEngineID(f"task {record.task_id} targeted engine {header['engine_id']}, which is gone")
+            plans.append((record.kind, header, envelope.payload))
+        new_ids = []
+        for kind, header, payload in plans:
             if header.get("lb"):
-                new_ids += self._submit_sealed([(record.kind, header, envelope.payload)])
+                new_ids += self._submit_sealed([(kind, header, payload)])
             else:
                 engine_id = int(header.pop("engine_id"))
-                if engine_id not in self.ids:
-                    raise InvalidEngineID(f"task {record.task_id} targeted engine {engine_id}, which is gone")
                 header.pop("kind", None)
-                new_ids += self._send_sealed(record.kind, envelope.payload, [engine_id], header)
+                new_ids += self._send_sealed(kind, payload, [engine_id], header)
         result = AsyncResult(self, new_ids, single=isinstance(jobs, (str, int)), kind="resubmit")
         return result.get() if (self.block if block is None else block) else result
 

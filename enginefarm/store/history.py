@@ -18,7 +18,7 @@ import redis
 from ..names import Names
 from .connection import translate_errors
 from .query import equal_values, matches, time_range, validate
-from .records import STATUSES
+from .records import STATUSES, TERMINAL
 
 BATCH = 500
 FLOAT_FIELDS = frozenset({"submitted", "started", "completed", "failed_at"})
@@ -162,6 +162,8 @@ class History:
             QueryError: the query is malformed.
         """
         query = validate(query)
+        if limit is not None and limit <= 0:
+            return []
         wanted = list(keys) if keys is not None else list(DEFAULT_FIELDS)
         needed = list(dict.fromkeys([*wanted, *query]))
         candidates = self._candidates(query)
@@ -240,5 +242,17 @@ class History:
         removed = self.purge(expired, completed_before=time.time() - ttl_s) if expired else 0
         with translate_errors():
             excess = int(self.redis.zcard(self.names.history)) - max_records
-            oldest = [t.decode() for t in self.redis.zrange(self.names.history, 0, excess - 1)] if excess > 0 else []
-        return removed + (self.purge(oldest) if oldest else 0)
+        # Oldest first, skipping tasks still in flight, until the excess is gone.
+        start = 0
+        while excess > 0:
+            with translate_errors():
+                batch = [t.decode() for t in self.redis.zrange(self.names.history, start, start + BATCH - 1)]
+            if not batch:
+                break
+            rows = self.fetch(batch, [])
+            finished = [row["task_id"] for row in rows if row is not None and row.get("status") in TERMINAL]
+            gone = self.purge(finished[:excess]) if finished else 0
+            removed += gone
+            excess -= gone
+            start += len(batch) - gone
+        return removed

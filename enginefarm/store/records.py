@@ -239,13 +239,15 @@ class Records:
         with translate_errors():
             pipe = pipe if pipe is not None else self.redis.pipeline(transaction=True)
             now = time.time()
-            for task in tasks:
+            for position, task in enumerate(tasks):
+                # Distinct, increasing times keep a batch in submission order in the history.
+                submitted = now + position * 1e-6
                 mapping: dict[str, Any] = {
                     "task_id": task.task_id,
                     "kind": task.kind,
                     "status": PENDING,
                     "client_id": task.client_id,
-                    "submitted": repr(now),
+                    "submitted": repr(submitted),
                     "attempts": 0,
                     "request": task.request,
                     "_inbox": names.client_inbox(task.client_id),
@@ -257,7 +259,7 @@ class Records:
                     pipe.sadd(names.engine_pending(task.engine_id), task.task_id)
                     pipe.sadd(names.engine_index(task.engine_id), task.task_id)
                 pipe.hset(names.task(task.task_id), mapping=mapping)
-                pipe.zadd(names.history, {task.task_id: now})
+                pipe.zadd(names.history, {task.task_id: submitted})
                 pipe.sadd(names.status_index(PENDING), task.task_id)
             if own:
                 pipe.execute()
