@@ -95,7 +95,8 @@ class Cluster:
         daemons = [self.start_engine(wait=False, **kwargs) for _ in range(count)]
         for daemon in daemons:
             daemon.engine_id = self.wait_engine(daemon)
-        return daemons
+        # Registration order is a race: hand them back by engine id, so daemons[i] is engine i.
+        return sorted(daemons, key=lambda d: d.engine_id)
 
     def start_scheduler(self, scheme: str | None = None, wait: bool = True,
                         env_extra: dict[str, str] | None = None) -> Daemon:

@@ -1,0 +1,96 @@
+"""The fault suite: every scenario counts outcomes from Redis records and an execution log,
+and adds a row to the summary table printed at the end of the run."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pytest
+
+from enginefarm import Client
+from enginefarm.store.records import STATUSES, TERMINAL
+
+ROWS: list[dict[str, object]] = []
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/faults/" in item.nodeid.replace("\\", "/"):
+            item.add_marker(pytest.mark.faults)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not ROWS:
+        return
+    columns = ["scenario", "tasks", "lost", "duplicate records", "re-runs", "allowed re-runs",
+               "recover s", "seconds"]
+    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in ROWS)) for c in columns]
+    terminalreporter.write_sep("=", "fault suite")
+    terminalreporter.write_line(" | ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    terminalreporter.write_line("-+-".join("-" * w for w in widths))
+    for row in ROWS:
+        terminalreporter.write_line(" | ".join(str(row.get(c, "")).ljust(w) for c, w in zip(columns, widths)))
+    path = os.environ.get("ENGINEFARM_FAULT_REPORT")
+    if path:
+        with open(path, "w") as handle:
+            handle.write("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n")
+            for row in ROWS:
+                handle.write("| " + " | ".join(str(row.get(c, "")) for c in columns) + " |\n")
+
+
+@dataclass
+class Tally:
+    """What happened to a set of tasks: from their records and the execution log."""
+
+    tasks: int
+    lost: list[str] = field(default_factory=list)
+    duplicate_records: list[str] = field(default_factory=list)
+    executions: Counter[str] = field(default_factory=Counter)
+    statuses: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def reruns(self) -> int:
+        return sum(n - 1 for n in self.executions.values() if n > 1)
+
+
+def executions(log_path: str) -> Counter[str]:
+    if not os.path.exists(log_path):
+        return Counter()
+    with open(log_path) as handle:
+        return Counter(line.strip() for line in handle if line.strip())
+
+
+def tally(client: Client, task_ids: list[str], log_path: str, keys: dict[str, str] | None = None) -> Tally:
+    """``keys`` maps task id -> the key its executions log (default: the task id)."""
+    result = Tally(len(task_ids))
+    log = executions(log_path)
+    statuses = client.records.statuses(task_ids)
+    redis = client.records.redis
+    pipe = redis.pipeline(transaction=False)
+    for task_id in task_ids:
+        for status in STATUSES:
+            pipe.sismember(client.names.status_index(status), task_id)
+    membership = pipe.execute()
+    for n, (task_id, status) in enumerate(zip(task_ids, statuses)):
+        result.statuses[status or "missing"] += 1
+        if status not in TERMINAL:
+            result.lost.append(task_id)
+        member_of = [s for s, m in zip(STATUSES, membership[n * len(STATUSES):(n + 1) * len(STATUSES)]) if m]
+        if member_of != [status]:
+            result.duplicate_records.append(task_id)
+        key = (keys or {}).get(task_id, task_id)
+        if log[key]:
+            result.executions[key] = log[key]
+    return result
+
+
+def report(scenario: str, t: Tally, seconds: float, allowed_reruns: int | str = 0,
+           recover_s: float | str = "") -> None:
+    ROWS.append({
+        "scenario": scenario, "tasks": t.tasks, "lost": len(t.lost),
+        "duplicate records": len(t.duplicate_records), "re-runs": t.reruns,
+        "allowed re-runs": allowed_reruns, "recover s": recover_s if recover_s == "" else f"{recover_s:.1f}",
+        "seconds": f"{seconds:.1f}",
+    })
