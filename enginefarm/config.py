@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -99,6 +100,7 @@ class Settings:
         """
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
+        kinds = typing.get_type_hints(cls)
         for field in fields(cls):
             if overrides.get(field.name) is not None:
                 values[field.name] = overrides[field.name]
@@ -106,7 +108,7 @@ class Settings:
             raw = env.get(ENV_PREFIX + field.name.upper())
             if raw is None or raw == "":
                 continue
-            values[field.name] = _convert(field.name, raw, type(field.default))
+            values[field.name] = _convert(field.name, raw, kinds[field.name])
         unknown = set(overrides) - {f.name for f in fields(cls)}
         if unknown:
             raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")

@@ -24,8 +24,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if not ROWS:
         return
-    columns = ["scenario", "tasks", "lost", "duplicate records", "re-runs", "allowed re-runs",
-               "recover s", "seconds"]
+    columns = ["scenario", "tasks", "lost", "duplicate records", "re-runs (allowed)", "recover s", "seconds",
+               "notes"]
     widths = [max(len(c), *(len(str(r.get(c, ""))) for r in ROWS)) for c in columns]
     terminalreporter.write_sep("=", "fault suite")
     terminalreporter.write_line(" | ".join(c.ljust(w) for c, w in zip(columns, widths)))
@@ -86,11 +86,10 @@ def tally(client: Client, task_ids: list[str], log_path: str, keys: dict[str, st
     return result
 
 
-def report(scenario: str, t: Tally, seconds: float, allowed_reruns: int | str = 0,
-           recover_s: float | str = "") -> None:
+def report(scenario: str, t: Tally, seconds: float, allowed_reruns: int = 0,
+           recover_s: float | None = None, notes: str = "") -> None:
     ROWS.append({
         "scenario": scenario, "tasks": t.tasks, "lost": len(t.lost),
-        "duplicate records": len(t.duplicate_records), "re-runs": t.reruns,
-        "allowed re-runs": allowed_reruns, "recover s": recover_s if recover_s == "" else f"{recover_s:.1f}",
-        "seconds": f"{seconds:.1f}",
+        "duplicate records": len(t.duplicate_records), "re-runs (allowed)": f"{t.reruns} ({allowed_reruns})",
+        "recover s": "" if recover_s is None else f"{recover_s:.1f}", "seconds": f"{seconds:.1f}", "notes": notes,
     })

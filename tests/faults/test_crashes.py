@@ -138,7 +138,7 @@ def test_7_poison_tasks_end_after_bounded_attempts(cluster, client, settings, tm
     log_counts = t.executions
     runs = executions(log)
     report("7 poison tasks (raises / kills its engine) + 200", t, time.monotonic() - started,
-           f"poison ran {runs['raises']}+{runs['kills']}")
+           notes=f"poison ran {runs['raises']}+{runs['kills']} times, then failed with the reason")
     assert runs["raises"] == 3
     assert runs["kills"] == settings.max_engine_losses
     assert t.lost == [] and t.reruns == 0 and t.statuses["completed"] == 200
@@ -175,6 +175,7 @@ def test_11_nonexistent_and_dead_targets(cluster, client, tmp_path):
     assert time.monotonic() - t1 < 1.0
     ids = [slow.task_ids[0], *(a.task_ids[0] for a in queued)]
     t = tally(client, ids, log, {slow.task_ids[0]: "slow", **{a.task_ids[0]: f"q{i}" for i, a in enumerate(queued)}})
-    report("11 dead target: 21 tasks queued on a killed engine", t, time.monotonic() - started, 0, recovered)
+    report("11 dead target: 21 tasks queued on a killed engine", t, time.monotonic() - started, 0, recovered,
+           notes="bad target refused in <1 s")
     assert t.lost == [] and t.duplicate_records == [] and t.statuses["failed"] == 21
     assert executions(log)["slow"] == 1 and not any(executions(log)[f"q{i}"] for i in range(20))
