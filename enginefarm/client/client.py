@@ -65,7 +65,7 @@ class Client(TaskFarming, HubMethods):
             return
         s = self.settings
         self.ring = KeyRing.from_files(s.resolved_key_file, s.old_key_files)
-        redis_client = connect(s.redis_url)
+        redis_client = connect(s.redis_url, s.reconnect_window_s)
         self.registry = Registry(redis_client, self.names, s.engine_timeout_s)
         self.records = Records(redis_client, self.names, self.ring)
         self.history_store = History(redis_client, self.names)
