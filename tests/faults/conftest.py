@@ -62,8 +62,8 @@ def executions(log_path: str) -> Counter[str]:
         return Counter(line.strip() for line in handle if line.strip())
 
 
-def tally(client: Client, task_ids: list[str], log_path: str, keys: dict[str, str] | None = None) -> Tally:
-    """``keys`` maps task id -> the key its executions log (default: the task id)."""
+def tally(client: Client, task_ids: list[str], log_path: str, keys: dict[str, str]) -> Tally:
+    """``keys`` maps each task id to the key its executions write to the log."""
     result = Tally(len(task_ids))
     log = executions(log_path)
     statuses = client.records.statuses(task_ids)
@@ -80,7 +80,7 @@ def tally(client: Client, task_ids: list[str], log_path: str, keys: dict[str, st
         member_of = [s for s, m in zip(STATUSES, membership[n * len(STATUSES):(n + 1) * len(STATUSES)]) if m]
         if member_of != [status]:
             result.duplicate_records.append(task_id)
-        key = (keys or {}).get(task_id, task_id)
+        key = keys[task_id]
         if log[key]:
             result.executions[key] = log[key]
     return result
