@@ -278,7 +278,7 @@ class Client(TaskFarming, HubMethods):
         fresh = [t for t in dict.fromkeys(task_ids) if t not in self.results]
         if not fresh:
             return
-        for record in self.records.get_many(fresh):
+        for record in self.records.get_many(fresh, with_request=False):
             if record is not None and record.done:
                 self.results[record.task_id] = self._value_of(record)
                 self._metadata[record.task_id] = metadata_of(record)

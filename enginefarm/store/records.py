@@ -28,6 +28,9 @@ from .connection import translate_errors
 PENDING, RUNNING, COMPLETED, FAILED, ABORTED = "pending", "running", "completed", "failed", "aborted"
 TERMINAL = frozenset({COMPLETED, FAILED, ABORTED})
 STATUSES = (PENDING, RUNNING, COMPLETED, FAILED, ABORTED)
+# What a client reads to turn a finished record into a result.
+RESULT_FIELDS = ("task_id", "kind", "status", "engine_id", "client_id", "submitted", "started", "completed",
+                 "attempts", "stdout", "stderr", "error", "summary", "result", "namespace_lost")
 
 # KEYS[1] = task hash. ARGV: 1 task id, 2 allowed current states (comma list), 3 new state,
 # 4 status-index key prefix, 5 engine running key (when starting), 6 engine index key,
@@ -36,6 +39,10 @@ _TRANSITION = """
 local task, tid, new = KEYS[1], ARGV[1], ARGV[3]
 local st = redis.call('HGET', task, 'status')
 if not st then return {'missing', ''} end
+if new == 'running' and st == 'running' and redis.call('GET', ARGV[5]) == tid then
+  -- Our own claim, repeated after a lost reply: still ours.
+  return {'ok', st, redis.call('HGET', task, 'attempts')}
+end
 if not string.find(',' .. ARGV[2] .. ',', ',' .. st .. ',', 1, true) then return {'refused', st} end
 for i = 7, #ARGV, 2 do redis.call('HSET', task, ARGV[i], ARGV[i + 1]) end
 redis.call('HSET', task, 'status', new)
@@ -264,6 +271,26 @@ class Records:
             if own:
                 pipe.execute()
 
+    def _transition_args(self, task_id: str, allowed: Iterable[str], new: str,
+                         fields: Mapping[str, Any] | None, engine_id: int | None) -> list[Any]:
+        names = self.names
+        args: list[Any] = [
+            task_id,
+            ",".join(allowed),
+            new,
+            names.status_index(""),
+            names.engine_running(engine_id) if engine_id is not None else "",
+            names.engine_index(engine_id) if engine_id is not None else "",
+        ]
+        for key, value in (fields or {}).items():
+            args.extend([key, value])
+        return args
+
+    @staticmethod
+    def _reply(reply: list[Any]) -> tuple[bool, str, int]:
+        attempts = int(reply[2]) if len(reply) > 2 and reply[2] is not None else 0
+        return reply[0] == b"ok", reply[1].decode(), attempts
+
     def transition(
         self,
         task_id: str,
@@ -277,21 +304,23 @@ class Records:
         Returns:
             (changed, previous state, attempts); previous is '' for a missing record.
         """
-        names = self.names
-        args: list[Any] = [
-            task_id,
-            ",".join(allowed),
-            new,
-            names.status_index(""),
-            names.engine_running(engine_id) if engine_id is not None else "",
-            names.engine_index(engine_id) if engine_id is not None else "",
-        ]
-        for key, value in (fields or {}).items():
-            args.extend([key, value])
+        args = self._transition_args(task_id, allowed, new, fields, engine_id)
         with translate_errors():
-            reply = self._transition(keys=[names.task(task_id)], args=args)
-        attempts = int(reply[2]) if len(reply) > 2 and reply[2] is not None else 0
-        return reply[0] == b"ok", reply[1].decode(), attempts
+            return self._reply(self._transition(keys=[self.names.task(task_id)], args=args))
+
+    def finish_and_claim(self, task_id: str, status: str, fields: Mapping[str, Any],
+                         next_task_id: str, engine_id: int) -> tuple[bool, str, int]:
+        """``finish`` one task and ``claim`` the next in a single round trip; returns the claim."""
+        now = repr(time.time())
+        pipe = self.redis.pipeline(transaction=False)
+        finish_args = self._transition_args(task_id, [RUNNING], status, {**fields, "completed": now}, None)
+        claim_args = self._transition_args(next_task_id, [PENDING], RUNNING,
+                                           {"engine_id": engine_id, "started": now}, engine_id)
+        self._transition(keys=[self.names.task(task_id)], args=finish_args, client=pipe)
+        self._transition(keys=[self.names.task(next_task_id)], args=claim_args, client=pipe)
+        with translate_errors():
+            _, claimed = pipe.execute()
+        return self._reply(claimed)
 
     def requeue(
         self,
@@ -393,12 +422,18 @@ class Records:
     def get(self, task_id: str) -> TaskRecord | None:
         return self.get_many([task_id])[0]
 
-    def get_many(self, task_ids: list[str]) -> list[TaskRecord | None]:
+    def get_many(self, task_ids: list[str], with_request: bool = True) -> list[TaskRecord | None]:
+        """Records by id (None where missing). Without the request, less crosses the wire."""
         with translate_errors():
             pipe = self.redis.pipeline(transaction=False)
             for task_id in task_ids:
-                pipe.hgetall(self.names.task(task_id))
+                if with_request:
+                    pipe.hgetall(self.names.task(task_id))
+                else:
+                    pipe.hmget(self.names.task(task_id), RESULT_FIELDS)
             raws = pipe.execute()
+        if not with_request:
+            raws = [{k.encode(): v for k, v in zip(RESULT_FIELDS, values) if v is not None} for values in raws]
         return [TaskRecord.decode(t, raw) if raw else None for t, raw in zip(task_ids, raws)]
 
     def statuses(self, task_ids: list[str]) -> list[str | None]:

@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..broker import BrokerConnection, Consumer, Delivery, Publisher
@@ -57,6 +58,23 @@ class AckOnce:
                 return
             self._done = True
         self._consumer.ack(self._delivery)
+
+
+Claim = tuple[bool, str, int]
+
+
+@dataclass
+class Job:
+    """A verified delivery: what to run, and how to ack it once."""
+
+    delivery: Delivery
+    header: dict[str, Any]
+    payload: bytes
+    ack: AckOnce
+
+    @property
+    def task_id(self) -> str:
+        return str(self.header.get("task_id", ""))
 
 
 class Engine:
@@ -171,7 +189,13 @@ class Engine:
     # --- worker thread -------------------------------------------------------------
     def _work(self) -> None:
         try:
+            carried: tuple[Job, Claim] | None = None
             while not self._dead.is_set():
+                if carried is not None:
+                    # Claimed in the round trip that recorded the previous task: it has started.
+                    job, claim = carried
+                    carried = self._process(job, claim)
+                    continue
                 try:
                     delivery = self._deliveries.get(timeout=0.1)
                 except queue.Empty:
@@ -180,7 +204,9 @@ class Engine:
                     continue
                 if self._draining.is_set():
                     break  # not started: settled below with the rest of our queue
-                self._handle(delivery)
+                job = self._open(delivery)
+                if job is not None:
+                    carried = self._process(job, None)
             if not self._dead.is_set():
                 self._leave()
         except Exception:
@@ -189,26 +215,45 @@ class Engine:
         finally:
             self._stop_io.set()
 
-    def _handle(self, delivery: Delivery) -> None:
+    def _open(self, delivery: Delivery) -> Job | None:
+        """Verify a delivery; a message that fails is dead-lettered and None returned."""
         ack = AckOnce(self.consumer, delivery)
         try:
             envelope = open_envelope(self.ring, delivery.body, self.settings.max_message_age_s)
         except SignatureError as exc:
             self._refuse(delivery, ack, exc)
-            return
-        header = envelope.header
-        task_id = str(header.get("task_id", ""))
-        claimed, previous, attempt = self._retry_store(lambda: self.records.claim(task_id, self.engine_id))
+            return None
+        return Job(delivery, envelope.header, envelope.payload, ack)
+
+    def _next_job(self) -> Job | None:
+        """The next verified delivery already waiting here, if any (never blocks)."""
+        while not self._draining.is_set():
+            try:
+                delivery = self._deliveries.get_nowait()
+            except queue.Empty:
+                return None
+            job = self._open(delivery)
+            if job is not None:
+                return job
+        return None
+
+    def _process(self, job: Job, claim: Claim | None) -> tuple[Job, Claim] | None:
+        """Run one job; returns the next job when its claim rode along with this record."""
+        header, task_id = job.header, job.task_id
+        if claim is None:
+            claim = self._retry_store(lambda: self.records.claim(task_id, self.engine_id))
+        claimed, previous, attempt = claim
         if not claimed:
-            if not delivery.redelivered and previous in TERMINAL | {""}:
+            if not job.delivery.redelivered and previous in TERMINAL | {""}:
                 # A fresh publish of a finished (or forgotten) task: someone replays a
                 # captured message. Legitimate duplicates are broker redeliveries.
-                self._refuse(delivery, ack, SignatureError("replayed", f"task {task_id} already {previous or 'gone'}"))
-                return
+                self._refuse(job.delivery, job.ack,
+                             SignatureError("replayed", f"task {task_id} already {previous or 'gone'}"))
+                return None
             log.info("engine %d skips task %s (%s)", self.engine_id, task_id, previous)
             self.metrics.tasks.labels("skipped").inc()
-            ack()
-            return
+            job.ack()
+            return None
         if isinstance(header.get("ts"), (int, float)):
             self.metrics.wait_seconds.observe(max(time.time() - header["ts"], 0.0))
         header["attempt"] = attempt
@@ -220,19 +265,24 @@ class Engine:
         try:
             # Long tasks hand custody to the record in Redis, so the broker's consumer timeout
             # never closes our channel; a reaper settles the record if this engine dies.
-            outcome = self.executor.run(header, envelope.payload, timeout_s,
-                                        after=(self.settings.custody_after_s, ack))
+            outcome = self.executor.run(header, job.payload, timeout_s,
+                                        after=(self.settings.custody_after_s, job.ack))
         finally:
             self.metrics.in_progress.dec()
             self.metrics.run_seconds.observe(time.monotonic() - started)
+        carried = None
         if header.get("lb") and self._retry_store(lambda: self._hand_back(task_id, header, outcome)):
             self.metrics.tasks.labels("requeued").inc()
         else:
-            self._retry_store(lambda: self._record(task_id, outcome))
+            following = None if header.get("kind") == "kill" else self._next_job()
+            next_claim = self._retry_store(lambda: self._record(task_id, outcome, following))
             self.metrics.tasks.labels("completed" if outcome.ok else "failed").inc()
-        ack()
+            if following is not None:
+                carried = (following, next_claim)
+        job.ack()
         if header.get("kind") == "kill" and outcome.ok:
             self.request_stop("killed by a client")
+        return carried
 
     def _refuse(self, delivery: Delivery, ack: AckOnce, exc: SignatureError) -> None:
         self.metrics.dead_lettered.labels(exc.reason).inc()
@@ -267,7 +317,8 @@ class Engine:
             return self.records.requeue(task_id, self.engine_id, "failed_on", fields=fields)
         return False
 
-    def _record(self, task_id: str, outcome: Outcome) -> bool:
+    def _record(self, task_id: str, outcome: Outcome, following: Job | None = None) -> Claim | None:
+        """Record the outcome before the ack; claim ``following`` in the same round trip."""
         cap = self.settings.max_message_bytes
         if outcome.ok and len(outcome.value or b"") > cap:
             outcome.ok = False
@@ -283,7 +334,11 @@ class Engine:
             fields["error"] = json.dumps({**(outcome.error or {}), "engine_id": self.engine_id})
         if outcome.namespace_lost:
             fields["namespace_lost"] = "1"
-        return self.records.finish(task_id, COMPLETED if outcome.ok else FAILED, fields)
+        status = COMPLETED if outcome.ok else FAILED
+        if following is None:
+            self.records.finish(task_id, status, fields)
+            return None
+        return self.records.finish_and_claim(task_id, status, fields, following.task_id, self.engine_id)
 
     def _retry_store(self, action: Callable[[], T]) -> T:
         """Retry a Redis write until it lands: nothing is acked while Redis is away."""

@@ -74,7 +74,7 @@ def test_second_sigterm_interrupts_and_task_runs_elsewhere(cluster, client, tmp_
     cluster.start_scheduler()
     engine_a = cluster.start_engine()
     tid = client.submit(MapTask(append_line, (log, "long", 6.0)))
-    wait_for(lambda: status_of(client, tid) == RUNNING, 30, "the task to start on engine A")
+    wait_for(lambda: lines(log) == ["long"], 30, "the task to start running on engine A")
     cluster.start_engine()
 
     engine_a.signal(signal.SIGTERM)
