@@ -58,6 +58,7 @@ class Client(TaskFarming, HubMethods):
         self._metadata: dict[str, Metadata] = {}
         self._connected = False
         self._last_sweep = 0.0
+        self._ids_cache: tuple[float, list[int]] | None = None
 
     # --- connections ----------------------------------------------------------------
     def _connect(self) -> None:
@@ -108,6 +109,13 @@ class Client(TaskFarming, HubMethods):
         """A view for explicit, per-engine control over ``targets``."""
         return DirectView(self, targets)
 
+    def _recent_ids(self, max_age_s: float = 0.25) -> list[int]:
+        """Live ids, read at most every ``max_age_s``: back-to-back calls share one look-up."""
+        now = time.monotonic()
+        if self._ids_cache is None or now - self._ids_cache[0] > max_age_s:
+            self._ids_cache = (now, self.ids)
+        return self._ids_cache[1]
+
     def resolve_targets(self, targets: Targets) -> list[int]:
         """Turn a targets argument into a list of live engine ids.
 
@@ -115,7 +123,7 @@ class Client(TaskFarming, HubMethods):
             InvalidEngineID: a target is not an int, list of ints or 'all', or not registered.
             NoEnginesRegistered: targets='all' and no engine is alive.
         """
-        live = self.ids
+        live = self._recent_ids()
         if targets is None or targets == "all":
             if not live:
                 raise NoEnginesRegistered(f"no engines are registered in cluster {self.settings.cluster!r}")
