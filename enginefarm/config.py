@@ -6,6 +6,7 @@ Nothing is read at import time; ``Settings.load()`` reads the environment when i
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import typing
@@ -78,11 +79,12 @@ class Settings:
     metrics_port: int = 0
 
     def __post_init__(self) -> None:
-        if not _CLUSTER_RE.match(self.cluster):
+        if not isinstance(self.cluster, str) or not _CLUSTER_RE.fullmatch(self.cluster):
             raise ConfigError(
                 f"invalid cluster name {self.cluster!r}: use 1-64 letters, digits, '-' or '_'"
             )
-        if self.heartbeat_interval_s <= 0 or self.engine_timeout_s <= self.heartbeat_interval_s:
+        timings = (self.heartbeat_interval_s, self.engine_timeout_s)
+        if not all(math.isfinite(t) for t in timings) or not 0 < self.heartbeat_interval_s < self.engine_timeout_s:
             raise ConfigError("engine_timeout_s must be larger than heartbeat_interval_s (> 0)")
         if self.prefetch < 1:
             raise ConfigError("prefetch must be at least 1")

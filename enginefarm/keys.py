@@ -57,8 +57,12 @@ def read_key_file(path: str) -> bytes:
             f"cluster key {path} is accessible by group or others "
             f"(mode {stat.S_IMODE(info.st_mode):o}): run 'chmod 600 {path}'"
         )
-    with open(path, "rb") as handle:
-        text = handle.read().strip()
+    try:
+        with open(path, "rb") as handle:
+            text = handle.read(4096).strip()
+    except OSError as exc:
+        raise KeyFileError(f"cannot read cluster key {path}: {exc.strerror}; "
+                           f"ENGINEFARM_KEY_FILE must name a key file made by 'enginefarm keygen'") from exc
     try:
         key = bytes.fromhex(text.decode("ascii"))
     except (UnicodeDecodeError, ValueError):

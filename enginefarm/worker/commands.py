@@ -33,7 +33,7 @@ class EngineState:
 
 
 class CappedWriter(io.TextIOBase):
-    """A text sink that keeps the first ``cap`` bytes and counts the rest."""
+    """A text sink that keeps the first ``cap`` bytes (UTF-8) and counts the rest."""
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
@@ -46,13 +46,18 @@ class CappedWriter(io.TextIOBase):
 
     def write(self, text: str) -> int:
         room = self.cap - self.size
-        if room > 0:
-            piece = text[:room]
-            self.parts.append(piece)
-            self.size += len(piece)
-            self.dropped += len(text) - len(piece)
-        else:
+        if room <= 0:
             self.dropped += len(text)
+            return len(text)
+        data = text.encode("utf-8", "replace")
+        if len(data) <= room:
+            self.parts.append(text)
+            self.size += len(data)
+        else:
+            piece = data[:room].decode("utf-8", "ignore")
+            self.parts.append(piece)
+            self.size = self.cap
+            self.dropped += len(text) - len(piece)
         return len(text)
 
     def getvalue(self) -> str:
@@ -144,9 +149,19 @@ COMMANDS: dict[str, Callable[[EngineState, Any], Any]] = {
 }
 
 
+def _text(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return f"<unprintable {type(exc).__name__} object>"
+
+
 def error_outcome(exc: BaseException, stage: str = "") -> dict[str, Any]:
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    evalue = str(exc)
+    try:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:
+        tb = "".join(traceback.format_tb(exc.__traceback__)) + f"{type(exc).__name__}: {_text(exc)}\n"
+    evalue = _text(exc)
     if stage:
         evalue = f"{evalue} (while {stage})"
     return {"ok": False, "error": {"ename": type(exc).__name__, "evalue": evalue, "traceback": tb}}

@@ -1,0 +1,175 @@
+"""Settings: where each value comes from, and which values are refused (no servers)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+
+from enginefarm.config import ENV_PREFIX, Settings, default_key_file
+from enginefarm.errors import ConfigError, EnginefarmError
+from enginefarm.local import settings_env
+
+DEFAULTS = Settings()
+
+
+def test_defaults_with_empty_environment():
+    s = Settings.load(env={})
+    assert s == DEFAULTS
+    assert s.cluster == "default"
+    assert s.amqp_url == "amqp://guest:guest@127.0.0.1:5672/%2F"
+    assert s.redis_url == "redis://127.0.0.1:6379/0"
+    assert (s.heartbeat_interval_s, s.engine_timeout_s) == (2.0, 10.0)
+    assert s.amqp_heartbeat_s == 30 and s.prefetch == 4
+
+
+def test_environment_overrides_defaults_with_converted_types():
+    env = {
+        "ENGINEFARM_CLUSTER": "from-env",
+        "ENGINEFARM_AMQP_HEARTBEAT_S": "2",
+        "ENGINEFARM_ENGINE_TIMEOUT_S": "12.5",
+        "ENGINEFARM_PREFETCH": "7",
+        "ENGINEFARM_KEY_FILE": "/tmp/some.key",
+    }
+    s = Settings.load(env=env)
+    assert s.cluster == "from-env"
+    assert s.amqp_heartbeat_s == 2 and type(s.amqp_heartbeat_s) is int
+    assert s.engine_timeout_s == 12.5 and type(s.engine_timeout_s) is float
+    assert s.prefetch == 7
+    assert s.key_file == "/tmp/some.key"
+    # Untouched fields keep their defaults.
+    assert s.redis_url == DEFAULTS.redis_url
+
+
+def test_override_beats_environment_beats_default():
+    env = {"ENGINEFARM_CLUSTER": "from-env", "ENGINEFARM_PREFETCH": "7"}
+    s = Settings.load(env=env, cluster="explicit")
+    assert s.cluster == "explicit"  # override > env
+    assert s.prefetch == 7  # env > default
+    assert s.scheme == DEFAULTS.scheme  # default
+
+
+def test_none_overrides_and_empty_env_values_are_ignored():
+    s = Settings.load(env={"ENGINEFARM_CLUSTER": "from-env", "ENGINEFARM_PREFETCH": ""},
+                      cluster=None, prefetch=None)
+    assert s.cluster == "from-env"
+    assert s.prefetch == DEFAULTS.prefetch
+
+
+def test_load_reads_os_environ_when_env_not_given(monkeypatch):
+    monkeypatch.setenv("ENGINEFARM_CLUSTER", "from-os-environ")
+    assert Settings.load().cluster == "from-os-environ"
+    # ...at call time, not import time.
+    monkeypatch.setenv("ENGINEFARM_CLUSTER", "changed")
+    assert Settings.load().cluster == "changed"
+
+
+def test_unrelated_variables_are_ignored():
+    s = Settings.load(env={"CLUSTER": "x", "ENGINEFARM_NOT_A_FIELD": "y", "enginefarm_cluster": "z"})
+    assert s == DEFAULTS
+
+
+@pytest.mark.parametrize("name", ["a", "A-b_9", "x" * 64, "t0123456789"])
+def test_good_cluster_names(name):
+    assert Settings.load(env={}, cluster=name).cluster == name
+
+
+@pytest.mark.parametrize("name", ["", "a.b", "a:b", "a b", "a/b", "x" * 65, "é", "a*", "\na", "a\nb"])
+def test_bad_cluster_names_are_refused(name):
+    with pytest.raises(ConfigError) as info:
+        Settings.load(env={}, cluster=name)
+    assert "invalid cluster name" in str(info.value)
+    assert isinstance(info.value, EnginefarmError)
+
+
+def test_cluster_name_with_trailing_newline_is_refused():
+    # "1-64 letters, digits, '-' or '_'": a newline is none of them, wherever it is.
+    with pytest.raises(ConfigError):
+        Settings.load(env={}, cluster="a\n")
+
+
+def test_bad_cluster_name_from_environment_is_refused():
+    with pytest.raises(ConfigError) as info:
+        Settings.load(env={"ENGINEFARM_CLUSTER": "has.dot"})
+    assert "'has.dot'" in str(info.value)
+
+
+@pytest.mark.parametrize("var, raw, kind", [
+    ("ENGINEFARM_PREFETCH", "many", "int"),
+    ("ENGINEFARM_AMQP_HEARTBEAT_S", "2.5", "int"),
+    ("ENGINEFARM_ENGINE_TIMEOUT_S", "ten", "float"),
+    ("ENGINEFARM_HEARTBEAT_INTERVAL_S", "1,5", "float"),
+])
+def test_bad_environment_value_is_a_config_error(var, raw, kind):
+    with pytest.raises(ConfigError) as info:
+        Settings.load(env={var: raw})
+    assert str(info.value) == f"{var}={raw!r} is not a valid {kind}"
+
+
+@pytest.mark.parametrize("var", ["ENGINEFARM_ENGINE_TIMEOUT_S", "ENGINEFARM_HEARTBEAT_INTERVAL_S"])
+def test_nan_timing_from_environment_is_refused(var):
+    # float('nan') converts fine; the consistency check must still refuse it. (Registry sends
+    # the timeout to a Lua script, where Redis rejects 'nan': "min or max is not a float".)
+    with pytest.raises(ConfigError):
+        Settings.load(env={var: "nan"})
+
+
+def test_unknown_override_is_refused():
+    with pytest.raises(ConfigError) as info:
+        Settings.load(env={}, clustre="x", prefetchh=2)
+    assert str(info.value) == "unknown settings: clustre, prefetchh"
+
+
+@pytest.mark.parametrize("changes", [
+    {"heartbeat_interval_s": 0.0},
+    {"heartbeat_interval_s": -1.0},
+    {"heartbeat_interval_s": 5.0, "engine_timeout_s": 5.0},
+    {"heartbeat_interval_s": 5.0, "engine_timeout_s": 4.0},
+])
+def test_liveness_timings_must_be_consistent(changes):
+    with pytest.raises(ConfigError) as info:
+        Settings.load(env={}, **changes)
+    assert "engine_timeout_s must be larger than heartbeat_interval_s" in str(info.value)
+
+
+def test_inconsistent_timings_from_environment_are_refused():
+    with pytest.raises(ConfigError):
+        Settings.load(env={"ENGINEFARM_ENGINE_TIMEOUT_S": "1"})  # default interval is 2
+
+
+def test_prefetch_must_be_positive():
+    with pytest.raises(ConfigError):
+        Settings.load(env={}, prefetch=0)
+
+
+def test_replace_validates_too():
+    s = Settings.load(env={}, cluster="c1")
+    assert s.replace(engine_timeout_s=3.0, heartbeat_interval_s=0.5).engine_timeout_s == 3.0
+    assert s.replace(cluster="c2").cluster == "c2" and s.cluster == "c1"
+    with pytest.raises(ConfigError):
+        s.replace(cluster="bad.name")
+
+
+def test_settings_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        DEFAULTS.cluster = "x"  # type: ignore[misc]
+
+
+def test_key_file_default_follows_xdg(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    assert default_key_file() == os.path.join(str(tmp_path), "enginefarm", "key")
+    assert Settings.load(env={}).resolved_key_file == default_key_file()
+    assert Settings.load(env={}, key_file="/k").resolved_key_file == "/k"
+    monkeypatch.delenv("XDG_CONFIG_HOME")
+    assert default_key_file() == os.path.join(os.path.expanduser("~"), ".config", "enginefarm", "key")
+
+
+def test_settings_env_round_trips_every_field(tmp_path):
+    # What a child daemon gets (see enginefarm.local) loads back to the same settings.
+    s = Settings.load(env={}, cluster="round-trip", key_file=str(tmp_path / "k"),
+                      heartbeat_interval_s=0.5, engine_timeout_s=3.0, amqp_heartbeat_s=2,
+                      old_key_files="/a,/b")
+    env = settings_env(s, base={})
+    assert all(k.startswith(ENV_PREFIX) for k in env)
+    assert Settings.load(env=env) == s
