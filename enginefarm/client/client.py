@@ -7,19 +7,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
 from typing import Any
 
 from ..broker import Publisher
 from ..broker.topology import declare_cluster
 from ..config import Settings
 from ..errors import InvalidEngineID, PayloadTooLarge, StoreError, NoEnginesRegistered, RemoteError, SignatureError, UnroutableError
-from ..keys import KeyRing
 from ..names import Names
 from ..protocol import new_id, seal
 from ..recovery import Reaper
 from ..serialization import dumps, loads
-from ..store import History, Records, Registry, TaskRecord, connect
+from ..store import Stores, TaskRecord
 from ..store.records import ABORTED, COMPLETED, PENDING, NewTask, error_fields
 from .asyncresult import Metadata
 from .farming import TaskFarming
@@ -65,11 +63,9 @@ class Client(TaskFarming, HubMethods):
         if self._connected:
             return
         s = self.settings
-        self.ring = KeyRing.from_files(s.resolved_key_file, s.old_key_files)
-        redis_client = connect(s.redis_url, s.reconnect_window_s)
-        self.registry = Registry(redis_client, self.names, s.engine_timeout_s)
-        self.records = Records(redis_client, self.names, self.ring)
-        self.history_store = History(redis_client, self.names)
+        stores = Stores.open(s)
+        self.ring, self.registry, self.records, self.history_store = (
+            stores.ring, stores.registry, stores.records, stores.history)
         self.publisher = Publisher(
             s.amqp_url,
             s.amqp_heartbeat_s,

@@ -25,13 +25,12 @@ from ..broker.topology import declare_cluster
 from ..config import Settings
 from ..deadletter import dead_letter
 from ..errors import EnginefarmError, SignatureError, StoreError, UnroutableError
-from ..keys import KeyRing
 from ..metrics import Metrics
 from ..systemd import notify
 from ..names import Names
 from ..protocol import open_envelope
 from ..recovery import Reaper
-from ..store import History, Records, Registry, TaskRecord, connect
+from ..store import Stores, TaskRecord
 from ..store.leases import Lease
 from ..store.records import PENDING, TERMINAL
 from .policy import EngineLoad, PendingTask, plan, scheme_named
@@ -67,12 +66,9 @@ class Scheduler:
     # --- lifecycle -----------------------------------------------------------------
     def setup(self) -> None:
         s = self.settings
-        self.ring = KeyRing.from_files(s.resolved_key_file, s.old_key_files)
-        redis_client = connect(s.redis_url, s.reconnect_window_s)
-        self.registry = Registry(redis_client, self.names, s.engine_timeout_s)
-        self.records = Records(redis_client, self.names, self.ring)
-        self.history = History(redis_client, self.names)
-        self.lease = Lease(redis_client, self.names.scheduler_leader, self.identity, ttl_s=max(3.0, s.engine_timeout_s / 2))
+        stores = Stores.open(s)
+        self.ring, self.registry, self.records, self.history = stores.ring, stores.registry, stores.records, stores.history
+        self.lease = Lease(stores.redis, self.names.scheduler_leader, self.identity, ttl_s=max(3.0, s.engine_timeout_s / 2))
         self.publisher = Publisher(s.amqp_url, s.amqp_heartbeat_s, f"enginefarm-scheduler-{s.cluster}-pub")
         self.reaper = Reaper(
             self.registry, self.records,

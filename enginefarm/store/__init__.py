@@ -7,5 +7,6 @@ from .connection import connect, translate_errors
 from .history import History
 from .records import Records, TaskRecord
 from .registry import Registry
+from .stores import Stores
 
-__all__ = ["History", "Records", "Registry", "TaskRecord", "connect", "translate_errors"]
+__all__ = ["History", "Records", "Registry", "Stores", "TaskRecord", "connect", "translate_errors"]

@@ -26,13 +26,12 @@ from ..broker.topology import declare_cluster, declare_engine_queue
 from ..config import Settings
 from ..deadletter import dead_letter
 from ..errors import EnginefarmError, SignatureError, StoreError
-from ..keys import KeyRing
 from ..metrics import Metrics
 from ..systemd import notify, watchdog_interval_s
 from ..names import Names
 from ..protocol import open_envelope
 from ..recovery import Reaper
-from ..store import History, Records, Registry, connect
+from ..store import Stores
 from ..store.records import COMPLETED, FAILED, TERMINAL
 from .executor import Executor, Outcome
 
@@ -96,11 +95,8 @@ class Engine:
     def setup(self) -> None:
         """Connect, register and start the child. Raises EnginefarmError with a clear message."""
         s = self.settings
-        self.ring = KeyRing.from_files(s.resolved_key_file, s.old_key_files)
-        redis_client = connect(s.redis_url, s.reconnect_window_s)
-        self.registry = Registry(redis_client, self.names, s.engine_timeout_s)
-        self.records = Records(redis_client, self.names, self.ring)
-        self.history = History(redis_client, self.names)
+        stores = Stores.open(s)
+        self.ring, self.registry, self.records, self.history = stores.ring, stores.registry, stores.records, stores.history
         info = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
         self.engine_id = self.registry.register(info, s.max_engines)
         if self.engine_id < 0:

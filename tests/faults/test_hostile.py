@@ -8,7 +8,7 @@ import time
 import pika
 import pytest
 
-from enginefarm import Client, MapTask, RemoteError
+from enginefarm import Client, MapTask
 from enginefarm.errors import PayloadTooLarge
 from enginefarm.keys import KeyRing
 from enginefarm.protocol import new_id, seal
