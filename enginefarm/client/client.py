@@ -78,6 +78,15 @@ class Client(TaskFarming, HubMethods):
         )
         self._connected = True
 
+    _LAZY = frozenset({"ring", "registry", "records", "history_store", "publisher", "reaper"})
+
+    def __getattr__(self, name: str) -> Any:
+        # Connections open on first use, whichever part of the client asks first.
+        if name in Client._LAZY and not self.__dict__.get("_connected", False):
+            self._connect()
+            return getattr(self, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def close(self) -> None:
         if self._connected:
             self.publisher.close()
