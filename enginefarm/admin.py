@@ -35,7 +35,7 @@ def cluster_status(client: Client) -> dict[str, Any]:
         "engines": engines,
         "queues": client.publisher.link.queue_depths(queues),
         "tasks": client.records.status_counts(),
-        "unassigned": client.records.backlog_size(),
+        "unassigned": len(client.records.unassigned(client.registry.info())),
         "history": client.history_store.size(),
     }
 

@@ -170,8 +170,8 @@ class HubMethods:
             entry.update(self.history_store.engine_tasks(engine_id, verbose))
             entry["queue"] = waiting if verbose else len(waiting)
             status[engine_id] = entry
-        backlog = [t for t, _ in self.records.scheduler_backlog()]
-        status["unassigned"] = backlog if verbose else len(backlog)
+        waiting = self.records.unassigned(self.registry.info())
+        status["unassigned"] = waiting if verbose else len(waiting)
         status.update(self.records.status_counts())
         return status
 

@@ -133,6 +133,11 @@ class Scheduler:
             for record in self.records.get_many(sorted(self.registry.pending(engine_id))):
                 if record is not None and record.extra.get("lb") == "1" and not record.done:
                     self._track(record.task_id, engine_id)
+                    if record.status == PENDING and record.request:
+                        # The last scheduler may have died between routing and publishing;
+                        # a second copy is refused by the engine's claim.
+                        self.publisher.publish(self.names.direct_exchange,
+                                               self.names.engine_routing_key(engine_id), record.request)
         backlog = self.records.scheduler_backlog()
         for record in self.records.get_many([t for t, _ in backlog]):
             if record is not None:
@@ -202,7 +207,14 @@ class Scheduler:
 
     # --- routing -------------------------------------------------------------------
     def _loads(self) -> list[EngineLoad]:
-        return [EngineLoad(e, len(self.assigned.get(e, ()))) for e in self.live]
+        """What each engine holds: tasks we routed, plus one if it runs work we did not route
+        (a targeted call, or plain FIFO work taken from the shared queue)."""
+        running = self.registry.running_many(self.live)
+        loads = []
+        for engine_id, task_id in zip(self.live, running):
+            ours = self.assigned.get(engine_id, set())
+            loads.append(EngineLoad(engine_id, len(ours) + (1 if task_id and task_id not in ours else 0)))
+        return loads
 
     def _dispatch(self) -> None:
         """Route what can be routed now. Never raises: it runs inside broker callbacks, and
@@ -226,25 +238,27 @@ class Scheduler:
                     "waiting": f"no live engine satisfies its depend (engines {sorted(self.live)} said no)"})
 
     def _route(self, task_id: str, engine_id: int) -> None:
-        # Publish first, then record the route: a crash in between leaves the task in the
-        # backlog, and a second copy is refused by the engine's claim.
-        try:
-            self.publisher.publish(self.names.direct_exchange, self.names.engine_routing_key(engine_id),
-                                   self.bodies[task_id])
-        except UnroutableError:
-            log.info("engine %d has no queue any more; refreshing engines", engine_id)
-            self.live = [e for e in self.live if e != engine_id]
-            return
+        # Record the route first, then publish: an engine that hands the task straight back
+        # finds it routed, and a crash in between is repaired on takeover (see _restore).
         outcome = self.records.assign(task_id, engine_id)
         if outcome == -1:
             self.live = [e for e in self.live if e != engine_id]
             return
+        body = self.bodies.pop(task_id, None)
         self.pending.pop(task_id, None)
-        self.bodies.pop(task_id, None)
         self.waiting_noted.discard(task_id)
+        if outcome != 1 or body is None:
+            return
+        self._track(task_id, engine_id)
+        try:
+            self.publisher.publish(self.names.direct_exchange, self.names.engine_routing_key(engine_id), body)
+        except UnroutableError:
+            log.info("engine %d has no queue any more; task %s goes back to the backlog", engine_id, task_id)
+            self.live = [e for e in self.live if e != engine_id]
+            self._untrack(task_id)
+            self.records.requeue(task_id, engine_id, "")
+            return
         self.metrics.tasks.labels("dispatched").inc()
-        if outcome == 1:
-            self._track(task_id, engine_id)
 
     # --- events --------------------------------------------------------------------
     def _listen(self) -> None:

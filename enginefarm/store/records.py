@@ -32,7 +32,7 @@ STATUSES = (PENDING, RUNNING, COMPLETED, FAILED, ABORTED)
 RESULT_FIELDS = ("task_id", "kind", "status", "engine_id", "client_id", "submitted", "started", "completed",
                  "attempts", "stdout", "stderr", "error", "summary", "result", "namespace_lost")
 
-# KEYS[1] = task hash. ARGV: 1 task id, 2 allowed current states (comma list), 3 new state,
+# KEYS[1] = task hash, KEYS[2] = scheduler backlog. ARGV: 1 task id, 2 allowed current states (comma list), 3 new state,
 # 4 status-index key prefix, 5 engine running key (when starting), 6 engine index key,
 # 7.. field/value pairs to set. Returns {'ok'|'refused'|'missing', previous state}.
 _TRANSITION = """
@@ -67,6 +67,7 @@ elseif new ~= 'pending' then
   end
   local notify = redis.call('HGET', task, '_notify')
   if notify then redis.call('LPUSH', notify, tid) end
+  redis.call('ZREM', KEYS[2], tid)
 end
 return {'ok', st, redis.call('HGET', task, 'attempts')}
 """
@@ -104,13 +105,13 @@ redis.call('LPUSH', KEYS[3], tid)
 return 1
 """
 
-# The scheduler routed a task to an engine. KEYS: task, scheduler pending zset, engine
-# pending set, registry hash, heartbeat zset. ARGV: task id, engine id.
-# Returns 1 when assigned, 0 when the task already finished, -1 when the engine is gone.
+# The scheduler routes a task to an engine (before publishing it). KEYS: task, scheduler
+# pending zset, engine pending set, registry hash, heartbeat zset. ARGV: task id, engine id.
+# Returns 1 when assigned, 0 when the task is no longer pending, -1 when the engine is gone.
 _ASSIGN = """
 local task, tid = KEYS[1], ARGV[1]
 local st = redis.call('HGET', task, 'status')
-if st ~= 'pending' and st ~= 'running' then
+if st ~= 'pending' then
   redis.call('ZREM', KEYS[2], tid)
   return 0
 end
@@ -306,7 +307,8 @@ class Records:
         """
         args = self._transition_args(task_id, allowed, new, fields, engine_id)
         with translate_errors():
-            return self._reply(self._transition(keys=[self.names.task(task_id)], args=args))
+            return self._reply(self._transition(keys=[self.names.task(task_id), self.names.scheduler_pending],
+                                                args=args))
 
     def finish_and_claim(self, task_id: str, status: str, fields: Mapping[str, Any],
                          next_task_id: str, engine_id: int) -> tuple[bool, str, int]:
@@ -316,8 +318,9 @@ class Records:
         finish_args = self._transition_args(task_id, [RUNNING], status, {**fields, "completed": now}, None)
         claim_args = self._transition_args(next_task_id, [PENDING], RUNNING,
                                            {"engine_id": engine_id, "started": now}, engine_id)
-        self._transition(keys=[self.names.task(task_id)], args=finish_args, client=pipe)
-        self._transition(keys=[self.names.task(next_task_id)], args=claim_args, client=pipe)
+        backlog = self.names.scheduler_pending
+        self._transition(keys=[self.names.task(task_id), backlog], args=finish_args, client=pipe)
+        self._transition(keys=[self.names.task(next_task_id), backlog], args=claim_args, client=pipe)
         with translate_errors():
             _, claimed = pipe.execute()
         return self._reply(claimed)
@@ -350,6 +353,13 @@ class Records:
             for status in STATUSES:
                 pipe.scard(self.names.status_index(status))
             return dict(zip(STATUSES, (int(v) for v in pipe.execute())))
+
+    def unassigned(self, engine_ids: Iterable[int]) -> list[str]:
+        """Pending tasks no engine holds yet: in the scheduler's backlog, or plain FIFO work
+        waiting in (or just taken from) the shared queue."""
+        keys = [self.names.status_index(PENDING), *(self.names.engine_pending(e) for e in engine_ids)]
+        with translate_errors():
+            return sorted(t.decode() for t in self.redis.sdiff(keys))
 
     def backlog_size(self) -> int:
         with translate_errors():

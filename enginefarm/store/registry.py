@@ -189,6 +189,14 @@ class Registry:
             value = self.redis.get(self.names.engine_running(engine_id))
         return value.decode() if value is not None else None
 
+    def running_many(self, engine_ids: list[int]) -> list[str | None]:
+        """What each engine runs now (None when idle), in one round trip."""
+        if not engine_ids:
+            return []
+        with translate_errors():
+            values = self.redis.mget([self.names.engine_running(e) for e in engine_ids])
+        return [v.decode() if v is not None else None for v in values]
+
     def pending(self, engine_id: int) -> set[str]:
         with translate_errors():
             return {v.decode() for v in self.redis.smembers(self.names.engine_pending(engine_id))}

@@ -32,7 +32,7 @@ from ..names import Names
 from ..protocol import open_envelope
 from ..recovery import Reaper
 from ..store import Stores
-from ..store.records import COMPLETED, FAILED, TERMINAL
+from ..store.records import COMPLETED, FAILED
 from .executor import Executor, Outcome
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,13 @@ class Engine:
         except SignatureError as exc:
             self._refuse(delivery, ack, exc)
             return None
-        return Job(delivery, envelope.header, envelope.payload, ack)
+        header = envelope.header
+        if not header.get("lb") and header.get("engine_id") != self.engine_id:
+            # Signed for another engine and re-published here: the target is part of the request.
+            self._refuse(delivery, ack, SignatureError(
+                "context", f"request for engine {header.get('engine_id')!r} delivered to engine {self.engine_id}"))
+            return None
+        return Job(delivery, header, envelope.payload, ack)
 
     def _next_job(self) -> Job | None:
         """The next verified delivery already waiting here, if any (never blocks)."""
@@ -240,7 +246,7 @@ class Engine:
             claim = self._retry_store(lambda: self.records.claim(task_id, self.engine_id))
         claimed, previous, attempt = claim
         if not claimed:
-            if not job.delivery.redelivered and previous in TERMINAL | {""}:
+            if not job.delivery.redelivered and previous in (COMPLETED, FAILED, ""):
                 # A fresh publish of a finished (or forgotten) task: someone replays a
                 # captured message. Legitimate duplicates are broker redeliveries.
                 self._refuse(job.delivery, job.ack,
@@ -362,6 +368,8 @@ class Engine:
         while not self._stop_io.wait(interval):
             if watchdog is not None:
                 notify("WATCHDOG=1")
+            if not self._activated:
+                continue  # not live yet: nobody can have declared us dead
             try:
                 alive = self.registry.heartbeat(self.engine_id)
                 self.reaper.observe(True)
