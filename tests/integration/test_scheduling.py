@@ -91,9 +91,9 @@ def test_priority_scheme_runs_highest_priority_first(cluster, client, gates, tmp
 
 
 def test_tasks_spread_over_engines_one_at_a_time(cluster, client, gates, tmp_path):
-    # LIFO: every task goes through the scheduler
-    cluster.start_scheduler(scheme="lifo")
+    # Engines first: the scheduler knows both from the start. LIFO: every task goes through it
     engines = cluster.start_engines(2)
+    cluster.start_scheduler(scheme="lifo")
     gate = gates.new()
     # Two engines, one slot each: two gated tasks occupy both, the third waits in the scheduler
     ids = [client.submit(MapTask(ft.gate, (gate,))) for _ in range(3)]

@@ -35,8 +35,10 @@ def executions(cluster, key):
 
 # --- retries and recovery tasks ----------------------------------------------------------------
 def test_retry_prefers_an_engine_that_has_not_failed_it(cluster, client, tmp_path):
-    cluster.start_scheduler()
+    # Engines first: the scheduler then knows both from the start (it looks for new ones
+    # only every half second)
     engines = cluster.start_engines(2)
+    cluster.start_scheduler()
     trace = str(tmp_path / "attempts.txt")
     r = client.get_task_result(client.submit(MapTask(ft.always_fail, (trace,), retries=1)), block=True,
                                timeout=TIMEOUT_S)
