@@ -38,6 +38,9 @@ class Reaper:
         self.engine_timeout_s = engine_timeout_s
         self.max_engine_losses = max_engine_losses
         self._healthy_since: float | None = None
+        self._last_ok = 0.0
+        # A call that blocked longer than this (a paused Redis) breaks continuity too.
+        self.max_gap_s = max(engine_timeout_s / 3, 1.5)
 
     def observe(self, store_ok: bool) -> None:
         """Track whether this process has seen Redis continuously.
@@ -45,10 +48,13 @@ class Reaper:
         After an outage every engine's heartbeat looks old at once; judging others before we
         have seen a full timeout of healthy Redis would reap engines that are alive.
         """
+        now = time.monotonic()
         if not store_ok:
             self._healthy_since = None
-        elif self._healthy_since is None:
-            self._healthy_since = time.monotonic()
+            return
+        if self._healthy_since is None or now - self._last_ok > self.max_gap_s:
+            self._healthy_since = now
+        self._last_ok = now
 
     @property
     def may_judge(self) -> bool:

@@ -319,10 +319,19 @@ class Scheduler:
                 return
             self._next_housekeeping = now + min(0.5, self.settings.heartbeat_interval_s)
             if not self.lease.renew():
-                log.error("scheduler %s lost its lease; stopping", self.identity)
-                self.exit_code = 1
-                self._stop.set()
-                return
+                if not self.lease.acquire():
+                    log.error("scheduler %s lost its lease to another scheduler; stopping", self.identity)
+                    self.exit_code = 1
+                    self._stop.set()
+                    return
+                # Our lease expired during an outage and nobody took it: carry on from what
+                # Redis says, in case another scheduler ran in between.
+                log.warning("scheduler %s renewed its lease after an outage; resyncing", self.identity)
+                self.pending.clear()
+                self.bodies.clear()
+                self.assigned.clear()
+                self.engine_of.clear()
+                self._restore()
             if self.records.shutdown_requested():
                 log.info("scheduler %s: cluster shutdown requested", self.identity)
                 self._stop.set()

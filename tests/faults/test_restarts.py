@@ -98,7 +98,7 @@ def test_4_rabbitmq_restart_and_kill_under_load(settings, tmp_path, rabbit):
                max(recoveries), notes="recover = broker down until work resumed")
         assert t.lost == [] and t.duplicate_records == [] and t.reruns == 0
         assert t.statuses["completed"] == len(load.ids) == 600
-        assert all(d.proc.poll() is None for d in engines)
+        assert all(d.proc.poll() is None for d in cluster.daemons)  # scheduler and engines rode it out
         assert max(recoveries) < 60
     finally:
         cluster.teardown()
@@ -152,7 +152,7 @@ def test_5_redis_restart_and_pause_under_load(settings, tmp_path, private_redis)
                max(restart_recovery, pause_recovery), notes="no engine judged dead; recover = until work resumed")
         assert t.lost == [] and t.duplicate_records == [] and t.reruns == 0
         assert t.statuses["completed"] == len(load.ids) == 600
-        assert all(d.proc.poll() is None for d in engines), [d.log()[-2000:] for d in engines]
+        assert all(d.proc.poll() is None for d in cluster.daemons), [d.log()[-2000:] for d in cluster.daemons]
         assert len(executions(log)) == 600
     finally:
         cluster.teardown()
