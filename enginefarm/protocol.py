@@ -43,15 +43,16 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-def seal(ring: KeyRing, header: Mapping[str, Any], payload: bytes = b"") -> bytes:
+def seal(ring: KeyRing, header: Mapping[str, Any], payload: bytes = b"", stamp: bool = True) -> bytes:
     """Sign ``header`` and ``payload`` with the ring's signing key.
 
-    A ``ts`` (send time) and ``mid`` (message id) are added when absent, for staleness and
-    replay checks.
+    With ``stamp``, a ``ts`` (send time) and ``mid`` (message id) are added when absent, for
+    staleness and replay checks.
     """
     full = dict(header)
-    full.setdefault("ts", time.time())
-    full.setdefault("mid", new_id())
+    if stamp:
+        full.setdefault("ts", time.time())
+        full.setdefault("mid", new_id())
     head = json.dumps(full, separators=(",", ":")).encode()
     kid = ring.signing_id.encode("ascii")
     body = struct.pack(">I", len(head)) + head + payload

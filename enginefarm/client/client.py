@@ -250,7 +250,7 @@ class Client(TaskFarming, HubMethods):
                 else:
                     time.sleep(step)
                     poll_s = min(poll_s * 2, 0.5)
-                self._sweep(missing)
+                self._sweep([t for t in missing if t not in self.results])
                 outage_s = 0.1
             except StoreError as exc:
                 # Redis restarting or paused: keep waiting; statuses are read again after.

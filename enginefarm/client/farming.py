@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,7 @@ class TaskFarming:
         for task in tasks:
             if not isinstance(task, BaseTask):
                 raise TypeError(f"submit takes a MapTask or StringTask, not {type(task).__name__}")
-            prepared.append((task.kind, {"lb": True, **task.header()}, dumps(task.request(), repr(task))))
+            prepared.append((task.kind, {"lb": True, **task.header()}, dumps(task.request(), task.label())))
         return self._submit_sealed(prepared)
 
     def _submit_sealed(self: Client, prepared: list[tuple[str, dict[str, Any], bytes]]) -> list[str]:
@@ -44,7 +45,7 @@ class TaskFarming:
         Plain FIFO work goes straight to the engines' shared queue; tasks that need the
         scheduler (depend, priority, or a LIFO/priority scheme) go through it.
         """
-        scheme = self.records.scheme()
+        scheme = self._scheme()
         new, messages = [], []
         for kind, header, payload in prepared:
             self.check_size(payload, f"the {kind} request")
@@ -66,6 +67,15 @@ class TaskFarming:
             self.outstanding.add(task.task_id)
         self.publisher.publish_batch(messages)
         return [t.task_id for t in new]
+
+    def _scheme(self: Client, max_age_s: float = 2.0) -> str | None:
+        """The active scheduler's scheme, read at most every ``max_age_s``."""
+        now = time.monotonic()
+        cached = self.__dict__.get("_scheme_cache")
+        if cached is None or now - cached[0] > max_age_s:
+            cached = (now, self.records.scheme())
+            self.__dict__["_scheme_cache"] = cached
+        return cached[1]
 
     def get_task_result(self: Client, task_id: str, block: bool = False,
                         timeout: float | None = None) -> TaskResult | None:

@@ -6,6 +6,7 @@ understands (see ``enginefarm.worker.commands``).
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -56,6 +57,10 @@ class BaseTask:
         """The part of the request specific to the task type."""
         raise NotImplementedError
 
+    def label(self) -> str:
+        """A short name for error messages (cheap: no repr of the arguments)."""
+        return type(self).__name__
+
     def request(self) -> dict[str, Any]:
         """What the engine's child receives (pickled and signed by the client)."""
         recovery = self.recovery_task
@@ -98,8 +103,11 @@ class MapTask(BaseTask):
     def body(self) -> dict[str, Any]:
         return {"call": (self.function, self.args, self.kwargs)}
 
+    def label(self) -> str:
+        return f"MapTask({getattr(self.function, '__qualname__', type(self.function).__name__)})"
+
     def __repr__(self) -> str:
-        return f"MapTask({getattr(self.function, '__qualname__', self.function)!r}, args={self.args!r})"
+        return f"MapTask({getattr(self.function, '__qualname__', self.function)!r}, args={reprlib.repr(self.args)})"
 
 
 class StringTask(BaseTask):

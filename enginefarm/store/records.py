@@ -68,6 +68,8 @@ elseif new ~= 'pending' then
   local notify = redis.call('HGET', task, '_notify')
   if notify then redis.call('LPUSH', notify, tid) end
   redis.call('ZREM', KEYS[2], tid)
+  -- Bookkeeping a finished record no longer needs (keeps finished records small).
+  redis.call('HDEL', task, '_running_key', '_pending_key', '_inbox', '_notify', '_seq')
 end
 return {'ok', st, redis.call('HGET', task, 'attempts')}
 """
@@ -233,7 +235,8 @@ class Records:
 
     # --- sealed values --------------------------------------------------------------
     def seal_value(self, task_id: str, what: str, data: bytes) -> bytes:
-        return seal(self.ring, {"task_id": task_id, "what": what}, data)
+        # Bound to its task and purpose; no send time or message id: it is not a message.
+        return seal(self.ring, {"task_id": task_id, "what": what}, data, stamp=False)
 
     def open_value(self, task_id: str, what: str, blob: bytes) -> bytes:
         """Raises: SignatureError when the stored value was not sealed for this task."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import builtins
 import io
+import reprlib
 import sys
 import traceback
 from collections.abc import Callable
@@ -237,9 +238,16 @@ def run_command(state: EngineState, header: dict[str, Any], payload: bytes, cap:
     return outcome
 
 
+_SUMMARY = reprlib.Repr()
+_SUMMARY.maxstring = _SUMMARY.maxother = _SUMMARY.maxlong = 400
+_SUMMARY.maxlist = _SUMMARY.maxtuple = _SUMMARY.maxdict = _SUMMARY.maxset = 40
+_BOUNDED = (str, bytes, list, tuple, dict, set, frozenset, int)
+
+
 def _summary(value: Any, limit: int = 200) -> str:
+    """A short repr; large strings and containers are not repr'd whole first."""
     try:
-        text = repr(value)
+        text = _SUMMARY.repr(value) if type(value) in _BOUNDED else repr(value)
     except Exception:
         text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."

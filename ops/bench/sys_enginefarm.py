@@ -1,0 +1,185 @@
+"""enginefarm scenarios (run with /work/main/.venv's python).
+
+    python sys_enginefarm.py {a,b,c,d,e} --name NAME [--tasks N --roundtrips N --items N]
+
+Starts `enginefarm cluster -n 2 --cluster NAME` as a subprocess (key from ENGINEFARM_KEY_FILE,
+made here if unset), measures one repetition, then stops the cluster by PID and deletes the
+cluster's queues, exchanges and Redis keys.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from common import (Workers, bench_env, descendants, emit, exit_on_sigterm, log, parse_args, percentile,
+                    pss_kb, rabbit_delete, redis_delete, rss_kb)
+
+from benchtasks import add
+from enginefarm import Client, MapTask
+
+SYSTEM = "enginefarm"
+
+
+def key_file() -> str:
+    path = os.environ.get("ENGINEFARM_KEY_FILE")
+    if path and os.path.exists(path):
+        return path
+    from enginefarm.keys import generate_key_file
+
+    path = os.path.join(tempfile.mkdtemp(prefix="bench-key-"), "key")
+    generate_key_file(path)
+    os.environ["ENGINEFARM_KEY_FILE"] = path
+    return path
+
+
+def start_cluster(workers: Workers, name: str, engines: int) -> None:
+    exe = os.path.join(os.path.dirname(sys.executable), "enginefarm")
+    env = bench_env({"ENGINEFARM_KEY_FILE": key_file(), "ENGINEFARM_LOG_LEVEL": "WARNING"})
+    workers.start([exe, "--log-level", "WARNING", "cluster", "-n", str(engines), "--cluster", name], env=env,
+                  stdout=subprocess.DEVNULL)
+
+
+def cleanup(name: str) -> None:
+    queues = [f"{name}.tasks", f"{name}.work", f"{name}.dead"] + [f"{name}.engine.{i}" for i in range(16)]
+    try:
+        rabbit_delete(queues, [f"{name}.direct", f"{name}.dlx"])
+    except Exception as exc:
+        log("rabbit cleanup failed:", exc)
+    try:
+        log(f"removed {redis_delete(name + ':*')} Redis keys")
+    except Exception as exc:
+        log("redis cleanup failed:", exc)
+
+
+def client(name: str) -> Client:
+    key_file()
+    return Client(cluster=name)
+
+
+def wait_engines(c: Client, count: int, timeout_s: float = 60.0) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ids = c.ids
+        if len(ids) >= count:
+            return ids
+        time.sleep(0.05)
+    raise RuntimeError(f"{count} engines did not register within {timeout_s:g}s")
+
+
+def farm(c: Client, n: int, timeout: float) -> float:
+    """Submit n add tasks at once, wait for all; returns seconds from first submit to last result."""
+    t0 = time.perf_counter()
+    ids = c.submit_many([MapTask(add, (i, i)) for i in range(n)])
+    c.barrier(ids, timeout=timeout)
+    elapsed = time.perf_counter() - t0
+    bad = [i for i, t in enumerate(ids) if c.results[t] != 2 * i]
+    if bad:
+        raise RuntimeError(f"{len(bad)} wrong results, e.g. task {bad[0]}: {c.results[ids[bad[0]]]!r}")
+    return elapsed
+
+
+def cluster_bytes(redis: Any, name: str) -> int:
+    """MEMORY USAGE (exact: SAMPLES 0) summed over every Redis key of the cluster.
+
+    Unlike INFO's used_memory, other users of the same Redis do not disturb it.
+    """
+    keys = list(redis.scan_iter(match=f"{name}:*", count=1000))
+    pipe = redis.pipeline(transaction=False)
+    for key in keys:
+        pipe.memory_usage(key, samples=0)
+    return sum(size or 0 for size in pipe.execute())
+
+
+def main() -> None:
+    args = parse_args("abcde")
+    exit_on_sigterm()
+    name, scenario = args.name, args.scenario
+    workers = Workers()
+    try:
+        if scenario == "d":
+            c = client(name)
+            c._connect()  # connections and imports are ready before the clock starts, as for peers
+            t0 = time.perf_counter()
+            start_cluster(workers, name, args.workers)
+            value = c.load_balanced_view().apply(add, 1, 2, block=True)
+            elapsed = time.perf_counter() - t0
+            assert value == 3, value
+            emit(SYSTEM, "d", "start_to_first_result", elapsed, "s")
+            return
+
+        start_cluster(workers, name, args.workers)
+        c = client(name)
+        ids = wait_engines(c, args.workers)
+        lview = c.load_balanced_view()
+
+        if scenario == "a":
+            farm(c, 200, args.timeout)  # warm-up
+            elapsed = farm(c, args.tasks, args.timeout)
+            emit(SYSTEM, "a", "throughput", args.tasks / elapsed, "tasks/s", seconds=elapsed, n=args.tasks)
+
+        elif scenario == "b":
+            target = ids[0]
+            for label, call in (
+                ("lb", lambda: lview.apply(add, 1, 2, block=True)),
+                ("direct", lambda: c[target].apply(add, 1, 2)),
+            ):
+                for _ in range(20):
+                    call()
+                times = []
+                for _ in range(args.roundtrips):
+                    t0 = time.perf_counter()
+                    value = call()
+                    times.append(time.perf_counter() - t0)
+                    assert value == 3, value
+                emit(SYSTEM, "b", f"p50_{label}", percentile(times, 50) * 1000, "ms")
+                emit(SYSTEM, "b", f"p99_{label}", percentile(times, 99) * 1000, "ms")
+
+        elif scenario == "c":
+            lview.map(add, range(1000), range(1000), block=True)  # warm-up
+            xs, ys = list(range(args.items)), list(range(args.items))
+            t0 = time.perf_counter()
+            out = lview.map(add, xs, ys, block=True)
+            elapsed = time.perf_counter() - t0
+            assert out == [2 * x for x in xs], "wrong map result"
+            emit(SYSTEM, "c", "map_throughput", args.items / elapsed, "items/s", seconds=elapsed, n=args.items)
+
+        elif scenario == "e":
+            farm(c, 200, args.timeout)  # the engines have run tasks (child warmed up), then sit idle
+            time.sleep(2.0)
+            info = c.registry.info()
+            for engine_id in ids:
+                pid = info[engine_id]["pid"]
+                below = descendants(pid)
+                rss = (rss_kb(pid) + sum(rss_kb(p) for p in below)) / 1024
+                pss = (pss_kb(pid) + sum(pss_kb(p) for p in below)) / 1024
+                emit(SYSTEM, "e", "idle_engine_rss", rss, "MB", engine=engine_id, processes=1 + len(below),
+                     supervisor_mb=rss_kb(pid) / 1024, pss_mb=pss)
+            redis = c.registry.redis
+            n = args.tasks
+            keys_before = cluster_bytes(redis, name)
+            before = int(redis.info("memory")["used_memory"])
+            task_ids = c.submit_many([MapTask(add, (i, i)) for i in range(n)])
+            c.barrier(task_ids, timeout=args.timeout)
+            c.spin()
+            time.sleep(0.5)
+            after = int(redis.info("memory")["used_memory"])
+            keys_after = cluster_bytes(redis, name)
+            sample = task_ids[:: max(1, n // 200)]
+            sizes = [redis.memory_usage(c.names.task(t), samples=0) or 0 for t in sample]
+            fields = redis.hgetall(c.names.task(sample[0]))
+            log("a finished record:", {k.decode(): len(v) for k, v in fields.items()})
+            emit(SYSTEM, "e", "redis_bytes_per_record", sum(sizes) / len(sizes), "B", sampled=len(sizes))
+            emit(SYSTEM, "e", "redis_bytes_per_task_keys", (keys_after - keys_before) / n, "B", n=n)
+            emit(SYSTEM, "e", "redis_bytes_per_task_delta", (after - before) / n, "B", n=n)
+    finally:
+        workers.stop()
+        cleanup(name)
+
+
+if __name__ == "__main__":
+    main()
