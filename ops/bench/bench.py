@@ -3,7 +3,7 @@
     python ops/bench/bench.py [--quick] [--reps N] [--scenarios abcde] [--systems enginefarm,celery,...]
 
 Each (scenario, repetition, system) is one subprocess of that system's module (sys_*.py), run
-with that system's python: enginefarm with /work/main/.venv's, the peers with
+with that system's python: enginefarm with the repository's .venv, the peers with
 ops/bench/.venv-peers'. The module starts its own workers, measures once, stops them by PID and
 deletes its queues and keys; it prints JSON lines, which this driver collects. Repetitions are
 interleaved (rep 1 of every system, then rep 2, ...) with the system order rotated each time,

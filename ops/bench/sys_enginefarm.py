@@ -1,4 +1,4 @@
-"""enginefarm scenarios (run with /work/main/.venv's python).
+"""enginefarm scenarios (run with the repository's .venv python).
 
     python sys_enginefarm.py {a,b,c,d,e} --name NAME [--tasks N --roundtrips N --items N]
 
