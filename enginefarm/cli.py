@@ -197,7 +197,7 @@ def render_status(data: dict[str, Any]) -> str:
            "", "queues (ready messages):"]
     out += [f"  {q}: {'missing' if n is None else n}" for q, n in data["queues"].items()]
     out += ["", "tasks: " + ", ".join(f"{k} {v}" for k, v in data["tasks"].items()),
-            f"waiting for the scheduler: {data['unassigned']}; records in history: {data['history']}"]
+            f"held by no engine yet: {data['unassigned']}; records in history: {data['history']}"]
     return "\n".join(out)
 
 

@@ -160,7 +160,7 @@ class HubMethods:
 
     def queue_status(self: Client, targets: Any = None, verbose: bool = False) -> dict[Any, Any]:
         """Per engine: tasks waiting for it, running, and finished by status; 'unassigned'
-        (waiting for the scheduler); and totals by status. ``verbose`` lists task ids."""
+        (pending and held by no engine yet); and totals by status. ``verbose`` lists task ids."""
         self._connect()
         engines = self.ids if targets in (None, "all") else self.resolve_targets(targets)
         status: dict[Any, Any] = {}

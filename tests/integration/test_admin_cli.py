@@ -137,7 +137,8 @@ def test_status_and_queue_status(cli, client, cluster, settings, gates):
     status = ok_json(cli("status", "--json"))
     assert status["cluster"] == c
     assert status["tasks"] == {PENDING: 1, RUNNING: 1, COMPLETED: 1, FAILED: 0, ABORTED: 0}
-    assert status["unassigned"] == 0 and status["history"] == 3
+    # The parked task is held by no engine yet: it counts as unassigned.
+    assert status["unassigned"] == 1 and status["history"] == 3
     assert status["queues"] == {f"{c}.tasks": 1, f"{c}.work": 0, f"{c}.dead": 0, f"{c}.engine.0": 0,
                                 f"{c}.engine.1": 0}
     ages = [e.pop("heartbeat_age_s") for e in status["engines"]]
@@ -161,19 +162,19 @@ def test_status_and_queue_status(cli, client, cluster, settings, gates):
     assert row1[:4] == ["1", "True", host, str(engines[1].pid)] and row1[5:] == [running, "1", "{}"]
     assert f"  {c}.tasks: 1" in lines and f"  {c}.dead: 0" in lines
     assert "tasks: pending 1, running 1, completed 1, failed 0, aborted 0" in lines
-    assert "waiting for the scheduler: 0; records in history: 3" in lines
+    assert "held by no engine yet: 1; records in history: 3" in lines
 
     queues = ok_json(cli("queue-status", "--json"))
     assert queues == {
         "0": {"engine_id": 0, "queue": 0, "pending": 0, "running": 0, "completed": 1, "failed": 0, "aborted": 0},
         "1": {"engine_id": 1, "queue": 0, "pending": 0, "running": 1, "completed": 0, "failed": 0, "aborted": 0},
-        "unassigned": 0, PENDING: 1, RUNNING: 1, COMPLETED: 1, FAILED: 0, ABORTED: 0,
+        "unassigned": 1, PENDING: 1, RUNNING: 1, COMPLETED: 1, FAILED: 0, ABORTED: 0,
     }
     verbose = ok_json(cli("queue-status", "--targets", "1", "--verbose", "--json"))
     assert verbose == {
         "1": {"engine_id": 1, "queue": [], "pending": [], "running": [running], "completed": [], "failed": [],
               "aborted": []},
-        "unassigned": [], PENDING: 1, RUNNING: 1, COMPLETED: 1, FAILED: 0, ABORTED: 0,
+        "unassigned": [pending], PENDING: 1, RUNNING: 1, COMPLETED: 1, FAILED: 0, ABORTED: 0,
     }
     both = ok_json(cli("queue-status", "--targets", "0,1", "--json"))
     assert both == queues
@@ -182,7 +183,7 @@ def test_status_and_queue_status(cli, client, cluster, settings, gates):
         ["ENGINE_ID", "QUEUE", "RUNNING", "COMPLETED", "FAILED", "ABORTED"],
         ["0", "0", "0", "1", "0", "0"],
         ["1", "0", "1", "0", "0", "0"],
-        ["unassigned", "0,", "pending", "1,", "running", "1,", "completed", "1,", "failed", "0,", "aborted", "0"],
+        ["unassigned", "1,", "pending", "1,", "running", "1,", "completed", "1,", "failed", "0,", "aborted", "0"],
     ]
     line = one_error_line(cli("queue-status", "--targets", "5"))
     assert line == f"Error: engine 5 is not registered in cluster {c!r} (ids: [0, 1])"
