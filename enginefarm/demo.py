@@ -6,6 +6,7 @@ import random
 import time
 
 from .client import Client
+from .client.tasks import MapTask, StringTask
 from .config import Settings
 from .local import LocalCluster
 
@@ -34,6 +35,14 @@ def run_demo(settings: Settings, engines: int = 2) -> None:
             estimates = [r.get(timeout=120) for r in pending]
             print("pi estimates:         ", [round(x, 4) for x in estimates])
             print(f"pi (mean of {len(estimates)}):       {sum(estimates) / len(estimates):.4f}")
+            lview = client.load_balanced_view()
+            squares = lview.map(pow, range(10), [2] * 10)
+            print("load-balanced map:    ", squares)
+            task_id = client.submit(StringTask("b = a * 2", push={"a": 21}, pull=["b"]))
+            print("StringTask b = a * 2: ", client.get_task_result(task_id, block=True, timeout=60).ns)
+            task_id = client.submit(MapTask(estimate_pi, (100_000, 99), retries=1))
+            result = client.get_task_result(task_id, block=True, timeout=120)
+            print(f"MapTask on engine {result.engineid}: pi ~ {result.result:.4f} in {result.duration:.3f}s")
             t0 = time.perf_counter()
             for _ in range(50):
                 client[ids[0]].apply(int, 1)

@@ -52,8 +52,9 @@ class LocalCluster:
         self._stop = threading.Event()
 
     def spawn(self, args: list[str]) -> subprocess.Popen[bytes]:
+        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         proc = subprocess.Popen(
-            [sys.executable, "-m", "enginefarm", *args],
+            [sys.executable, "-m", "enginefarm", "--log-level", level, *args],
             env=settings_env(self.settings),
             start_new_session=True,  # the terminal's Ctrl-C reaches only us; we forward one SIGTERM
             preexec_fn=_die_with_parent,

@@ -79,7 +79,9 @@ class Reaper:
             return False
         try:
             self.registry.mark_dead(engine_id)
-            log.warning("engine %d %s; recovering its tasks", engine_id, why)
+            # A clean shutdown is routine; a peer found dead is worth a warning.
+            level = logging.INFO if why == "shut down" else logging.WARNING
+            log.log(level, "engine %d %s; recovering its tasks", engine_id, why)
             self.settle_tasks(engine_id, why)
             delete_queue(self.broker.open(), self.names.engine_queue(engine_id))
             # Anything that slipped in between the settling and the queue's removal.
