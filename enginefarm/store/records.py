@@ -362,7 +362,10 @@ class Records:
         waiting in (or just taken from) the shared queue."""
         keys = [self.names.status_index(PENDING), *(self.names.engine_pending(e) for e in engine_ids)]
         with translate_errors():
-            return sorted(t.decode() for t in self.redis.sdiff(keys))
+            ids = [t.decode() for t in self.redis.sdiff(keys)]
+            scores = self.redis.zmscore(self.names.history, ids) if ids else []
+        # In submission order, like the history.
+        return [t for _, t in sorted(zip((s or 0.0 for s in scores), ids))]
 
     def backlog_size(self) -> int:
         with translate_errors():

@@ -65,6 +65,23 @@ def count(redis_url: str, key: str, field: str, sleep_s: float = 0.0) -> str:
     return field
 
 
+def wait_file(path: str, value: object = None, timeout_s: float = 120.0) -> object:
+    """Block until ``path`` exists (the test creates it), then return ``value``."""
+    import os
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{path} never appeared")
+        time.sleep(0.02)
+    return value
+
+
+def fail(message: str) -> None:
+    raise ValueError(message)
+
+
 def fail_now(message: str = "expected") -> None:
     raise RuntimeError(message)
 

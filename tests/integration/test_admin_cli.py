@@ -18,33 +18,13 @@ from enginefarm import MapTask, RemoteError
 from enginefarm.local import settings_env
 from enginefarm.store.records import ABORTED, COMPLETED, FAILED, PENDING, RUNNING
 
+from .farm_tasks import wait_file, fail, anywhere
 from ..harness import remove_cluster, wait_for
 
 LONG = 120.0  # generous: the box is small and loaded
 
 
 # --- run on engines (this module is pickled by value, see the end) ---------------------------
-def wait_file(path, value=None, timeout_s=120.0):
-    """Block until ``path`` exists (the test creates it), then return ``value``."""
-    import os
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{path} never appeared")
-        time.sleep(0.02)
-    return value
-
-
-def fail(message):
-    raise ValueError(message)
-
-
-def anywhere(properties):
-    return True
-
-
 def parked(client, n=0):
     """A load-balanced task that stays pending here: with a depend it goes through the
     scheduler's queue, and these tests run no scheduler."""
@@ -92,21 +72,6 @@ def one_error_line(proc):
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("Error: "), proc.stderr
     return lines[0]
-
-
-@pytest.fixture
-def gates(cluster, tmp_path):
-    """Gate files; all are opened at teardown (before the cluster stops) so no task hangs."""
-    made: list[Path] = []
-
-    def new(name="gate"):
-        path = tmp_path / f"{name}-{len(made)}.open"
-        made.append(path)
-        return str(path)
-
-    yield new
-    for path in made:
-        path.touch()
 
 
 def status_of(client, task_id):

@@ -15,33 +15,13 @@ from enginefarm.protocol import open_envelope
 from enginefarm.serialization import loads
 from enginefarm.store.records import ABORTED, COMPLETED, FAILED, PENDING, RUNNING
 
+from .farm_tasks import wait_file, fail, anywhere
 from ..harness import remove_cluster, wait_for
 
 LONG = 120.0  # generous: the box is small and loaded
 
 
 # --- run on engines (this module is pickled by value, see the end) ---------------------------
-def wait_file(path, value=None, timeout_s=120.0):
-    """Block until ``path`` exists (the test creates it), then return ``value``."""
-    import os
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{path} never appeared")
-        time.sleep(0.02)
-    return value
-
-
-def fail(message):
-    raise ValueError(message)
-
-
-def anywhere(properties):
-    return True
-
-
 def tag(value):
     """``value`` and the pid of the engine (the child's supervisor) that ran it."""
     import os
@@ -55,21 +35,6 @@ def engines(cluster):
     daemons = cluster.start_engines(2)
     assert sorted(d.engine_id for d in daemons) == [0, 1]
     return sorted(daemons, key=lambda d: d.engine_id)
-
-
-@pytest.fixture
-def gates(cluster, tmp_path):
-    """Gate files; all are opened at teardown (before the cluster stops) so no task hangs."""
-    made: list[Path] = []
-
-    def new(name="gate"):
-        path = tmp_path / f"{name}-{len(made)}.open"
-        made.append(path)
-        return str(path)
-
-    yield new
-    for path in made:
-        path.touch()
 
 
 @pytest.fixture

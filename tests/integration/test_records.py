@@ -29,6 +29,7 @@ from enginefarm.store.records import (
     error_fields,
 )
 
+from .farm_tasks import wait_file
 from ..harness import Cluster, wait_for
 
 LONG = 120.0  # generous: the box is small and loaded
@@ -46,19 +47,6 @@ def chatty(n):
 def explode(message):
     print("before the failure")
     raise ValueError(message)
-
-
-def wait_file(path, value=None, timeout_s=120.0):
-    """Block until ``path`` exists (the test creates it), then return ``value``."""
-    import os
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{path} never appeared")
-        time.sleep(0.02)
-    return value
 
 
 def big(n):
@@ -83,21 +71,6 @@ def store(settings, cluster):
     yield SimpleNamespace(redis=r, names=names, ring=ring, records=Records(r, names, ring),
                           history=History(r, names))
     r.close()
-
-
-@pytest.fixture
-def gates(cluster, tmp_path):
-    """Gate files; all are opened at teardown (before the cluster stops) so no task hangs."""
-    made: list[Path] = []
-
-    def new(name="gate"):
-        path = tmp_path / f"{name}-{len(made)}.open"
-        made.append(path)
-        return str(path)
-
-    yield new
-    for path in made:
-        path.touch()
 
 
 @pytest.fixture

@@ -1,0 +1,22 @@
+"""Fixtures shared by the integration tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def gates(cluster, tmp_path):
+    """Gate files; all are opened at teardown (before the cluster stops) so no task hangs."""
+    made: list[Path] = []
+
+    def new(name="gate"):
+        path = tmp_path / f"{name}-{len(made)}.open"
+        made.append(path)
+        return str(path)
+
+    yield new
+    for path in made:
+        path.touch()
