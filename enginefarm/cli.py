@@ -191,9 +191,11 @@ def parse_targets(values: tuple[str, ...]) -> Any:
 
 
 def render_status(data: dict[str, Any]) -> str:
+    # An engine claims quick tasks a few at a time: "running" lists them, comma-separated.
+    engines = [{**e, "running": ",".join(e["running"]) or None} for e in data["engines"]]
     out = [f"cluster {data['cluster']!r}", "", "engines:",
-           table(data["engines"], ["engine_id", "alive", "host", "pid", "heartbeat_age_s", "running",
-                                   "queued", "properties"]),
+           table(engines, ["engine_id", "alive", "host", "pid", "heartbeat_age_s", "running",
+                           "queued", "properties"]),
            "", "queues (ready messages):"]
     out += [f"  {q}: {'missing' if n is None else n}" for q, n in data["queues"].items()]
     out += ["", "tasks: " + ", ".join(f"{k} {v}" for k, v in data["tasks"].items()),

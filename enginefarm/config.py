@@ -49,7 +49,12 @@ class Settings:
     engine_timeout_s: float = 10.0
     max_engines: int = 511
     # Messages an engine takes from its queue ahead of the one it runs.
-    prefetch: int = 4
+    prefetch: int = 16
+    # Most tasks an engine claims together (one Redis round trip and one ack for all), and how
+    # long such a batch may run before what has not started goes back to the queue. The batch
+    # grows only while tasks are quick; 1 turns batching off.
+    batch_max: int = 16
+    batch_window_s: float = 0.05
     # Cap on captured stdout/stderr per task, in bytes.
     output_cap_bytes: int = 65536
     # Largest signed request a client may send, and largest result an engine records.
@@ -88,6 +93,8 @@ class Settings:
             raise ConfigError("engine_timeout_s must be larger than heartbeat_interval_s (> 0)")
         if self.prefetch < 1:
             raise ConfigError("prefetch must be at least 1")
+        if self.batch_max < 1 or not self.batch_window_s > 0:
+            raise ConfigError("batch_max must be at least 1 and batch_window_s above 0")
 
     @property
     def resolved_key_file(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import secrets
@@ -79,7 +80,7 @@ class KeyRing:
     signing_key: bytes
     accepted: dict[str, bytes] = field(default_factory=dict)
 
-    @property
+    @functools.cached_property
     def signing_id(self) -> str:
         return key_id(self.signing_key)
 

@@ -68,9 +68,9 @@ class Names:
     def engine_properties(self, engine_id: int) -> str:
         return self.key("engine", engine_id, "props")
 
-    def engine_running(self, engine_id: int) -> str:
-        """The task id an engine is running right now (absent when idle)."""
-        return self.key("engine", engine_id, "running")
+    def engine_claimed(self, engine_id: int) -> str:
+        """Set of task ids an engine has claimed (running, or next in its batch) and not finished."""
+        return self.key("engine", engine_id, "claimed")
 
     def engine_pending(self, engine_id: int) -> str:
         """Set of task ids routed to an engine and not finished yet."""

@@ -93,15 +93,13 @@ class Reaper:
 
     def settle_tasks(self, engine_id: int, why: str) -> int:
         """Fail or hand back every unfinished task routed to ``engine_id``."""
-        task_ids = self.registry.pending(engine_id)
-        running = self.registry.running(engine_id)
-        if running:
-            task_ids.add(running)
+        task_ids = self.registry.pending(engine_id) | set(self.registry.running(engine_id))
         settled = 0
         for record in self.records.get_many(sorted(task_ids)):
             if record is None or record.done:
                 continue
-            was_running = record.status == RUNNING
+            # Claimed a few at a time: only a claimed task whose start was recorded ran.
+            was_running = record.status == RUNNING and record.started is not None
             stage = "while running" if was_running else "before running"
             error = error_fields("EngineLost", f"engine {engine_id} {why} {stage} this task")
             if record.extra.get("lb") == "1" and self._hand_back(record, engine_id, was_running, error):
@@ -114,7 +112,9 @@ class Reaper:
     def _hand_back(self, record: TaskRecord, engine_id: int, was_running: bool, error: dict[str, str]) -> bool:
         """A load-balanced task goes back to the scheduler unless it has lost too many engines."""
         if not was_running:
-            return self.records.requeue(record.task_id, engine_id, "")
+            # A claim that never started does not count as an attempt.
+            return self.records.requeue(record.task_id, engine_id, "",
+                                        attempts_delta=-1 if record.status == RUNNING else 0)
         lost = [e for e in record.extra.get("lost_on", "").split(",") if e]
         if len(lost) + 1 >= self.max_engine_losses:
             error["evalue"] += f" (it lost {len(lost) + 1} engines; giving up)"

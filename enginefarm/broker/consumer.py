@@ -50,6 +50,8 @@ class Consumer:
         self.on_reconnect = on_reconnect
         self._consumer_tags: list[str] = []
         self._generation = -1
+        # Delivery tags of this connection not acked or rejected yet (touched on the I/O thread only).
+        self._unsettled: set[int] = set()
         self._paused = threading.Event()
         self.ready = threading.Event()
 
@@ -63,6 +65,7 @@ class Consumer:
             log.warning("broker connection lost (channel %s); consuming again", self._generation)
             if self.on_reconnect is not None:
                 self.on_reconnect()
+        self._unsettled = set()
         channel.basic_qos(prefetch_count=self.prefetch)
         self._consumer_tags = [
             channel.basic_consume(queue, self._on_delivery, auto_ack=False) for queue in self.setup(channel)
@@ -79,6 +82,7 @@ class Consumer:
             routing_key=method.routing_key,
             headers=dict(props.headers or {}),
         )
+        self._unsettled.add(delivery.tag)
         self.on_message(delivery)
 
     def run(self, stop: threading.Event, poll_s: float = 0.25, tick: Callable[[], None] | None = None) -> None:
@@ -111,16 +115,34 @@ class Consumer:
             log.debug("connection gone; action dropped (the broker requeues unacked messages)")
 
     def ack(self, delivery: Delivery) -> None:
-        def do() -> None:
-            if delivery.generation == self.link.generation and self.link.channel is not None:
-                self.link.channel.basic_ack(delivery.tag)
-
-        self._call(do)
+        self.settle([delivery])
 
     def reject(self, delivery: Delivery, requeue: bool) -> None:
+        self.settle([], [delivery], requeue=requeue)
+
+    def settle(self, acks: list[Delivery], rejects: list[Delivery] | None = None, requeue: bool = True) -> None:
+        """Ack ``acks`` and reject ``rejects`` (back to the queue when ``requeue``), in one
+        hop to the I/O thread; a run of acks covering every older delivery is one frame."""
+
         def do() -> None:
-            if delivery.generation == self.link.generation and self.link.channel is not None:
-                self.link.channel.basic_reject(delivery.tag, requeue=requeue)
+            channel = self.link.channel
+            if channel is None:
+                return
+            current = self.link.generation
+            for delivery in rejects or []:
+                if delivery.generation == current and delivery.tag in self._unsettled:
+                    self._unsettled.discard(delivery.tag)
+                    channel.basic_reject(delivery.tag, requeue=requeue)
+            tags = {d.tag for d in acks if d.generation == current} & self._unsettled
+            if not tags:
+                return
+            self._unsettled -= tags
+            top = max(tags)
+            if len(tags) > 1 and not any(t < top for t in self._unsettled):
+                channel.basic_ack(top, multiple=True)
+            else:
+                for tag in sorted(tags):
+                    channel.basic_ack(tag)
 
         self._call(do)
 

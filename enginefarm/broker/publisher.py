@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pika
 import pika.exceptions
+import pika.spec
 
 from ..errors import BrokerError, UnroutableError
 from .connection import RECOVERABLE, BrokerConnection
@@ -15,6 +18,16 @@ from .connection import RECOVERABLE, BrokerConnection
 log = logging.getLogger(__name__)
 
 PERSISTENT = 2
+
+
+@dataclass
+class Outgoing:
+    """A message sent ahead of its confirm; ``on_return`` runs if the broker could not route it."""
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    on_return: Callable[[], None] | None = None
 
 
 class Publisher:
@@ -37,9 +50,13 @@ class Publisher:
         self.attempts = attempts
         self.link = BrokerConnection(url, heartbeat_s, name, on_open=self._setup,
                                      reconnect_window_s=reconnect_window_s)
-        # A second channel in transaction mode, for batches (confirm and tx cannot share one).
-        self._tx: Any = None
-        self._tx_generation = -1
+        # A second channel, whose confirms are collected after publishing (``send``/``pump``).
+        self._async: Any = None
+        self._async_generation = -1
+        self._unsent: list[Outgoing] = []
+        self._unconfirmed: dict[int, Outgoing] = {}
+        self._seq = 0
+        self._returned: set[int] = set()
 
     def _setup(self, channel: Any) -> None:
         channel.confirm_delivery()
@@ -82,41 +99,119 @@ class Publisher:
                 self.link.close()
         raise BrokerError(f"could not publish to {exchange!r}: {type(last).__name__}: {last}") from last
 
-    def publish_batch(self, messages: list[tuple[str, str, bytes]], batch: int = 500) -> None:
-        """Publish (exchange, routing key, body) triples persistently, ``batch`` per transaction.
+    # --- confirms collected later --------------------------------------------------------
+    # The caller gets control back once the broker has the message; the confirm is taken
+    # by a later ``send`` or ``pump``. Until then the message is kept: a nack, or a connection
+    # lost before the confirm, publishes it again (receivers deduplicate by task id).
+    def send(self, messages: list[Outgoing], confirm: bool = True) -> None:
+        """Publish persistent messages (mandatory where they have an ``on_return``).
 
-        One round trip per transaction instead of one per message. Not mandatory: use it
-        where an unroutable message cannot happen or is caught another way.
+        With ``confirm``, return once the broker has confirmed every message sent so far:
+        they are then safe from this process dying and from a broker restart. Without, return
+        once they are written to the broker.
 
         Raises:
-            BrokerError: the broker stayed unreachable (the unfinished batch may be partly
-                delivered; receivers deduplicate).
+            BrokerError: the broker stayed unreachable or did not confirm within the reconnect
+                window (the messages stay queued here and go out with the next ``send`` or
+                ``pump``).
         """
-        props = pika.BasicProperties(delivery_mode=PERSISTENT)
-        for start in range(0, len(messages), batch):
-            chunk = messages[start : start + batch]
-            last: Exception | None = None
-            for attempt in range(self.attempts):
-                try:
-                    channel = self._tx_channel()
-                    for exchange, routing_key, body in chunk:
-                        channel.basic_publish(exchange, routing_key, body, props)
-                    channel.tx_commit()
-                    break
-                except RECOVERABLE as exc:
-                    last = exc
-                    log.warning("batch publish failed: %s; reconnecting", type(exc).__name__)
-                    self.link.close()
-            else:
-                raise BrokerError(f"could not publish a batch: {type(last).__name__}: {last}") from last
+        self._unsent.extend(messages)
+        self._drive()
+        if confirm:
+            left = self.pump(wait_s=self.link.reconnect_window_s)
+            if left:
+                raise BrokerError(f"the broker did not confirm {left} messages within "
+                                  f"{self.link.reconnect_window_s:g}s")
 
-    def _tx_channel(self) -> Any:
+    def pump(self, wait_s: float = 0.0) -> int:
+        """Take in confirms (waiting up to ``wait_s`` for all of them); returns how many
+        messages are still unconfirmed."""
+        if not self._unsent and not self._unconfirmed:
+            return 0
+        deadline = time.monotonic() + wait_s
+        while True:
+            self._drive()
+            if not self._unconfirmed and not self._unsent:
+                return 0
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return len(self._unconfirmed) + len(self._unsent)
+            try:
+                self._await(lambda: not self._unconfirmed or self._unsent, left)
+            except RECOVERABLE as exc:
+                log.warning("waiting for confirms failed: %s; reconnecting", type(exc).__name__)
+                self.link.close()
+
+    def _await(self, done: Callable[[], bool], limit_s: float) -> None:
+        """Run the connection's I/O until ``done()`` or ``limit_s`` passes.
+
+        process_data_events cannot stop at a confirm taken by a channel callback (it waits out
+        its time limit), so this runs pika's own flush loop with our condition.
+        """
+        conn = self.link.connection
+        deadline = time.monotonic() + limit_s
+        # The timer only wakes the loop at the deadline; it is removed unfired or fired.
+        timer = conn.call_later(limit_s, lambda: None)
+        try:
+            conn._flush_output(lambda: time.monotonic() >= deadline or done())
+        finally:
+            conn.remove_timeout(timer)
+
+    def _drive(self) -> None:
+        last: Exception | None = None
+        for attempt in range(self.attempts):
+            try:
+                channel = self._async_channel()
+                props = pika.BasicProperties(delivery_mode=PERSISTENT)
+                while self._unsent:
+                    message = self._unsent[0]
+                    channel._impl.basic_publish(message.exchange, message.routing_key, message.body, props,
+                                                mandatory=message.on_return is not None)
+                    self._seq += 1
+                    self._unconfirmed[self._seq] = self._unsent.pop(0)
+                self.link.connection.process_data_events(0)
+                return
+            except RECOVERABLE as exc:
+                last = exc
+                log.warning("publish failed: %s; reconnecting", type(exc).__name__)
+                self.link.close()
+        raise BrokerError(f"could not publish: {type(last).__name__}: {last}") from last
+
+    def _async_channel(self) -> Any:
         self.link.open()
-        if self._tx is None or self._tx_generation != self.link.generation or not self._tx.is_open:
-            self._tx = self.link.connection.channel()
-            self._tx.tx_select()
-            self._tx_generation = self.link.generation
-        return self._tx
+        if self._async is None or self._async_generation != self.link.generation or not self._async.is_open:
+            # A new channel numbers its publishes from 1: what the old one never confirmed goes again.
+            self._unsent[:0] = [self._unconfirmed[n] for n in sorted(self._unconfirmed)]
+            self._unconfirmed, self._seq, self._returned = {}, 0, set()
+            self._async = self.link.connection.channel()
+            self._async._impl.confirm_delivery(self._on_confirm)
+            self._async._impl.add_on_return_callback(self._on_return)
+            self._async_generation = self.link.generation
+        return self._async
+
+    def _on_return(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+        # A return comes just before the confirm of the same message, which is the oldest
+        # unconfirmed one with this body.
+        for seq in sorted(self._unconfirmed):
+            if seq not in self._returned and self._unconfirmed[seq].body == body:
+                self._returned.add(seq)
+                return
+
+    def _on_confirm(self, frame: Any) -> None:
+        method = frame.method
+        tag = method.delivery_tag
+        done = [n for n in self._unconfirmed if n <= tag] if method.multiple else [tag]
+        nacked = isinstance(method, pika.spec.Basic.Nack)
+        for seq in sorted(done):
+            message = self._unconfirmed.pop(seq, None)
+            if message is None:
+                continue
+            if nacked:
+                log.warning("broker nacked a publish to %s; sending it again", message.exchange)
+                self._unsent.append(message)
+            elif seq in self._returned and message.on_return is not None:
+                message.on_return()
+            self._returned.discard(seq)
 
     def process_events(self) -> None:
         """Answer heartbeats on an idle connection (call now and then)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..errors import CompositeError, RemoteError, TimeoutError
@@ -20,10 +20,13 @@ class Metadata(dict):
         "task_id", "engine_id", "status", "submitted", "started", "completed",
         "stdout", "stderr", "attempts", "error", "namespace_lost",
     )
+    _KEYSET = frozenset(KEYS)
 
     def __init__(self, **values: Any) -> None:
-        super().__init__({key: None for key in self.KEYS})
-        self.update(values)
+        unknown = values.keys() - self._KEYSET
+        if unknown:
+            raise KeyError(f"{sorted(unknown)[0]!r} is not a metadata key")
+        super().__init__(dict.fromkeys(self.KEYS), **values)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -39,6 +42,42 @@ class Metadata(dict):
     def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         for key, value in dict(*args, **kwargs).items():
             self[key] = value
+
+
+class MetadataStore(MutableMapping[str, Metadata]):
+    """Task id -> Metadata, built from a finished task's record only when first read (most
+    results are collected without anyone looking at their metadata)."""
+
+    def __init__(self, build: Callable[[Any], Metadata]) -> None:
+        self._build = build
+        self._data: dict[str, Any] = {}
+
+    def put_record(self, task_id: str, record: Any) -> None:
+        self._data[task_id] = record
+
+    def __getitem__(self, task_id: str) -> Metadata:
+        value = self._data[task_id]
+        if not isinstance(value, Metadata):
+            value = self._data[task_id] = self._build(value)
+        return value
+
+    def __setitem__(self, task_id: str, value: Metadata) -> None:
+        self._data[task_id] = value
+
+    def __delitem__(self, task_id: str) -> None:
+        del self._data[task_id]
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._data
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def clear(self) -> None:
+        self._data.clear()
 
 
 class AsyncResult:

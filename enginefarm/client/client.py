@@ -10,16 +10,17 @@ import time
 from typing import Any
 
 from ..broker import Publisher
+from ..broker.publisher import Outgoing
 from ..broker.topology import declare_cluster
 from ..config import Settings
-from ..errors import InvalidEngineID, PayloadTooLarge, StoreError, NoEnginesRegistered, RemoteError, SignatureError, UnroutableError
+from ..errors import BrokerError, InvalidEngineID, NoEnginesRegistered, PayloadTooLarge, RemoteError, SignatureError, StoreError
 from ..names import Names
 from ..protocol import new_id, seal
 from ..recovery import Reaper
 from ..serialization import dumps, loads
 from ..store import Stores, TaskRecord
 from ..store.records import ABORTED, COMPLETED, PENDING, NewTask, error_fields
-from .asyncresult import Metadata
+from .asyncresult import Metadata, MetadataStore
 from .farming import TaskFarming
 from .hub import HubMethods
 from .view import DirectView
@@ -53,9 +54,11 @@ class Client(TaskFarming, HubMethods):
         self.history: list[str] = []
         self.outstanding: set[str] = set()
         self.results: dict[str, Any] = {}
-        self._metadata: dict[str, Metadata] = {}
+        self._metadata = MetadataStore(metadata_of)
         self._connected = False
         self._last_sweep = 0.0
+        self._arrived: list[str] = []  # ids absorbed since a wait last looked
+        self._last_arrival = 0.0
         self._ids_cache: tuple[float, list[int]] | None = None
 
     # --- connections ----------------------------------------------------------------
@@ -87,8 +90,15 @@ class Client(TaskFarming, HubMethods):
             return getattr(self, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-    def close(self) -> None:
+    def close(self, confirm_timeout_s: float = 30.0) -> None:
+        """Close the connections, once the broker has confirmed every message sent."""
         if self._connected:
+            try:
+                left = self.publisher.pump(wait_s=confirm_timeout_s)
+                if left:
+                    log.warning("closing with %d messages the broker never confirmed", left)
+            except BrokerError as exc:
+                log.warning("closing without the broker's last confirms: %s", exc)
             self.publisher.close()
             self.registry.redis.close()
             self._connected = False
@@ -148,11 +158,12 @@ class Client(TaskFarming, HubMethods):
         return wanted
 
     def engine_queue_status(self, engine_id: int) -> dict[str, Any]:
-        """Tasks routed to ``engine_id`` and not finished, and the one it is running."""
+        """Tasks routed to ``engine_id`` and not finished, and those it is running (a fast
+        engine claims the next few of a batch together)."""
         self._connect()
         running = self.registry.running(engine_id)
-        waiting = self.registry.pending_count(engine_id) - (1 if running else 0)
-        return {"engine_id": engine_id, "queue": max(waiting, 0), "running": running}
+        waiting = len(self.registry.pending(engine_id) - set(running))
+        return {"engine_id": engine_id, "queue": waiting, "running": running}
 
     def clear_engine_queue(self, engine_id: int) -> int:
         """Abort every task still waiting for ``engine_id``; returns how many were aborted."""
@@ -172,16 +183,20 @@ class Client(TaskFarming, HubMethods):
         engine_ids: list[int],
         header: dict[str, Any] | None = None,
         what: str = "",
+        confirm: bool = True,
     ) -> list[str]:
-        """Publish one command to each engine in ``engine_ids``; returns the task ids.
+        """Publish one command to each engine in ``engine_ids``; returns the task ids once
+        the broker has confirmed them (``confirm=False``: once it has them, for a caller that
+        waits for the results next and so takes the confirms then).
 
         Raises:
             SerializationError: ``request`` cannot be pickled (nothing is published).
-            InvalidEngineID: an engine left before its message could be routed.
+            InvalidEngineID: a target is not a registered engine. (One that leaves between
+                this check and the message's routing fails the task with EngineLost.)
         """
         self._connect()
         payload = dumps(request, what or f"the {kind} request") if request is not None else b""
-        return self._send_sealed(kind, payload, engine_ids, header)
+        return self._send_sealed(kind, payload, engine_ids, header, confirm)
 
     def check_size(self, payload: bytes, what: str) -> None:
         """Raises: PayloadTooLarge before anything is recorded or published."""
@@ -191,7 +206,7 @@ class Client(TaskFarming, HubMethods):
                                   f"{cap:,} bytes (max_message_bytes); send a reference to the data instead")
 
     def _send_sealed(self, kind: str, payload: bytes, engine_ids: list[int],
-                     header: dict[str, Any] | None = None) -> list[str]:
+                     header: dict[str, Any] | None = None, confirm: bool = True) -> list[str]:
         self.check_size(payload, f"the {kind} request")
         tasks, bodies = [], []
         for engine_id in engine_ids:
@@ -206,16 +221,18 @@ class Client(TaskFarming, HubMethods):
         self.records.create(tasks)
         self.history.extend(t.task_id for t in tasks)
         self.outstanding.update(t.task_id for t in tasks)
-        for task, body in zip(tasks, bodies):
-            try:
-                self.publisher.publish(
-                    self.names.direct_exchange, self.names.engine_routing_key(task.engine_id), body
-                )
-            except UnroutableError:
-                error = error_fields("EngineLost", f"engine {task.engine_id} left before the task reached it")
-                self.records.fail(task.task_id, error)
-                raise InvalidEngineID(f"engine {task.engine_id} is no longer registered") from None
+        self.publisher.send([
+            Outgoing(self.names.direct_exchange, self.names.engine_routing_key(task.engine_id), body,
+                     on_return=lambda task=task: self._engine_gone(task))
+            for task, body in zip(tasks, bodies)
+        ], confirm=confirm)
         return [t.task_id for t in tasks]
+
+    def _engine_gone(self, task: NewTask) -> None:
+        """The broker could not route a task: its engine left after the targets were checked."""
+        log.warning("engine %s left before task %s reached it", task.engine_id, task.task_id)
+        error = error_fields("EngineLost", f"engine {task.engine_id} left before the task reached it")
+        self.records.fail(task.task_id, error, allowed=(PENDING,))
 
     # --- results --------------------------------------------------------------------
     def wait(self, jobs: Any = None, timeout: float = -1, any_of: bool = False) -> bool:
@@ -229,28 +246,44 @@ class Client(TaskFarming, HubMethods):
         wanted = list(self.outstanding) if jobs is None else self.task_ids_of(jobs)
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
         poll_s, outage_s = 0.02, 0.1
+        # Shrinks as results arrive, so a wait on many tasks costs in proportion to them.
+        self._arrived.clear()
+        missing = {t for t in wanted if t not in self.results}
+        checked = time.monotonic()
 
         def finished() -> bool:
-            missing = [t for t in wanted if t not in self.results]
-            return not missing or (any_of and len(missing) < len(wanted))
+            nonlocal checked
+            missing.difference_update(self._arrived)
+            self._arrived.clear()
+            if missing and (len(missing) < 64 or time.monotonic() - checked > 0.5):
+                # Results can also arrive by other paths (a failed send, another wait).
+                missing.difference_update([t for t in missing if t in self.results])
+                checked = time.monotonic()
+            return not missing or (any_of and len(missing) < len(set(wanted)))
 
         while not finished():
-            missing = [t for t in wanted if t not in self.results]
-            ours = all(t in self.outstanding for t in missing)
+            ours = missing <= self.outstanding
             remaining = None if deadline is None else deadline - time.monotonic()
             try:
                 if remaining is not None and remaining <= 0:
                     self._absorb(self.records.pop_inbox(self.client_id, 0.0) if ours else [])
-                    self._absorb_finished(missing)
+                    self._absorb_finished(sorted(t for t in missing if t not in self.results))
+                    checked = 0.0
                     return finished()
+                self.publisher.pump()
                 step = 1.0 if ours else poll_s
                 step = step if remaining is None else min(step, max(remaining, 0.0))
                 if ours:
-                    self._absorb(self.records.pop_inbox(self.client_id, step))
+                    popped = self.records.pop_inbox(self.client_id, step)
+                    self._absorb(popped)
+                    if len(popped) < 32 and len(missing) > 64:
+                        # Results trickle in one by one: let a few gather rather than make a
+                        # round trip for each (a long wait gains throughput, a short one no delay).
+                        time.sleep(0.002)
                 else:
                     time.sleep(step)
                     poll_s = min(poll_s * 2, 0.5)
-                self._sweep([t for t in missing if t not in self.results])
+                self._sweep(missing, ours)
                 outage_s = 0.1
             except StoreError as exc:
                 # Redis restarting or paused: keep waiting; statuses are read again after.
@@ -268,18 +301,20 @@ class Client(TaskFarming, HubMethods):
         self._connect()
         self._absorb(self.records.pop_inbox(self.client_id, 0.0))
 
-    def _sweep(self, missing: list[str]) -> None:
+    def _sweep(self, missing: set[str], ours: bool) -> None:
         """Now and then: read statuses directly and reap dead engines.
 
         This covers tasks other clients submitted and engines that died holding ours.
         """
         now = time.monotonic()
         if now - self._last_sweep < 1.0:
-            if any(t not in self.outstanding for t in missing):
-                self._absorb_finished(missing)
+            if not ours:
+                self._absorb_finished(sorted(t for t in missing if t not in self.results))
             return
         self._last_sweep = now
-        self._absorb_finished(missing)
+        if now - self._last_arrival >= 1.0:
+            # Only when results stopped coming: while they flow, the inbox has everything.
+            self._absorb_finished(sorted(t for t in missing if t not in self.results))
         self.reaper.observe(True)
         self.reaper.reap_stale()
 
@@ -293,8 +328,11 @@ class Client(TaskFarming, HubMethods):
             return
         for record in self.records.get_many(fresh, with_request=False):
             if record is not None and record.done:
+                self._last_arrival = time.monotonic()
+                self._arrived.append(record.task_id)
                 self.results[record.task_id] = self._value_of(record)
-                self._metadata[record.task_id] = metadata_of(record)
+                record.result = None  # only its metadata is kept
+                self._metadata.put_record(record.task_id, record)
                 self.outstanding.discard(record.task_id)
 
     def _value_of(self, record: TaskRecord) -> Any:
@@ -321,7 +359,7 @@ class Client(TaskFarming, HubMethods):
         return [self.metadata_for(t) for t in task_ids]
 
     @property
-    def metadata(self) -> dict[str, Metadata]:
+    def metadata(self) -> MetadataStore:
         return self._metadata
 
 

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..broker.publisher import Outgoing
 from ..errors import RemoteError, TaskError
 from ..protocol import new_id, seal
 from ..serialization import dumps
@@ -30,16 +31,25 @@ class TaskFarming:
     run = submit
 
     def submit_many(self: Client, tasks: Sequence[BaseTask]) -> list[str]:
-        """Queue several tasks at once (one Redis transaction for their records)."""
+        """Queue several tasks at once (one Redis transaction for their records). Returns
+        once the broker has confirmed every message: they survive this client and a broker
+        restart."""
+        return self._submit_tasks(tasks, confirm=True)
+
+    def _submit_tasks(self: Client, tasks: Sequence[BaseTask], confirm: bool) -> list[str]:
+        """``confirm=False`` returns as soon as the broker has the messages, for a caller that
+        waits for the results next: the confirms are taken while it waits, and a message the
+        broker did not confirm is sent again."""
         self._connect()
         prepared = []
         for task in tasks:
             if not isinstance(task, BaseTask):
                 raise TypeError(f"submit takes a MapTask or StringTask, not {type(task).__name__}")
             prepared.append((task.kind, {"lb": True, **task.header()}, dumps(task.request(), task.label())))
-        return self._submit_sealed(prepared)
+        return self._submit_sealed(prepared, confirm)
 
-    def _submit_sealed(self: Client, prepared: list[tuple[str, dict[str, Any], bytes]]) -> list[str]:
+    def _submit_sealed(self: Client, prepared: list[tuple[str, dict[str, Any], bytes]],
+                       confirm: bool = True) -> list[str]:
         """Record and publish (kind, header, pickled request) triples.
 
         Plain FIFO work goes straight to the engines' shared queue; tasks that need the
@@ -56,16 +66,16 @@ class TaskFarming:
             extra = {"lb": "1", "retries": str(header.get("retries", 0))}
             if header.get("depend") or header.get("priority") or scheme not in (None, "fifo"):
                 extra["_notify"] = self.names.scheduler_events
-                messages.append(("", self.names.tasks_queue, body))
+                messages.append(Outgoing("", self.names.tasks_queue, body))
             else:
-                messages.append(("", self.names.work_queue, body))
+                messages.append(Outgoing("", self.names.work_queue, body))
             new.append(NewTask(task_id, kind, self.client_id, body, None, extra))
         for start in range(0, len(new), 1000):
             self.records.create(new[start : start + 1000])
         for task in new:
             self.history.append(task.task_id)
             self.outstanding.add(task.task_id)
-        self.publisher.publish_batch(messages)
+        self.publisher.send(messages, confirm=confirm)
         return [t.task_id for t in new]
 
     def _scheme(self: Client, max_age_s: float = 2.0) -> str | None:

@@ -166,7 +166,7 @@ class HubMethods:
         status: dict[Any, Any] = {}
         for engine_id in engines:
             entry = self.engine_queue_status(engine_id)
-            waiting = sorted(self.registry.pending(engine_id) - {entry["running"]})
+            waiting = sorted(self.registry.pending(engine_id) - set(entry["running"]))
             entry.update(self.history_store.engine_tasks(engine_id, verbose))
             entry["queue"] = waiting if verbose else len(waiting)
             status[engine_id] = entry

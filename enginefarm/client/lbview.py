@@ -40,9 +40,10 @@ class LoadBalancedView:
 
     def apply(self, f: Callable[..., Any], *args: Any, block: bool | None = None, **kwargs: Any) -> Any:
         """Run ``f(*args, **kwargs)`` on one engine chosen by the scheduler."""
-        task_id = self.client.submit(MapTask(f, args, kwargs, **self.task_options))
+        blocking = self._block(block)
+        task_id = self.client._submit_tasks([MapTask(f, args, kwargs, **self.task_options)], confirm=not blocking)[0]
         result = AsyncResult(self.client, [task_id], single=True, kind="apply")
-        return result.get() if self._block(block) else result
+        return result.get() if blocking else result
 
     def apply_async(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> AsyncResult:
         return self.apply(f, *args, block=False, **kwargs)
@@ -62,9 +63,10 @@ class LoadBalancedView:
         size = chunksize or auto_chunksize(len(arg_tuples), len(self.client.ids))
         chunks = [arg_tuples[i : i + size] for i in range(0, len(arg_tuples), size)]
         tasks = [MapTask(call_chunk, (f, chunk), **self.task_options) for chunk in chunks]
-        task_ids = self.client.submit_many(tasks)
+        blocking = self._block(block)
+        task_ids = self.client._submit_tasks(tasks, confirm=not blocking)
         result = AsyncMapResult(self.client, task_ids, [len(c) for c in chunks], ordered)
-        return result.get() if self._block(block) else result
+        return result.get() if blocking else result
 
     def map_async(self, f: Callable[..., Any], *sequences: Iterable[Any], **kwargs: Any) -> AsyncMapResult:
         return self.map(f, *sequences, block=False, **kwargs)

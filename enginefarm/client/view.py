@@ -47,9 +47,10 @@ class DirectView:
         what: str = "",
     ) -> Any:
         engine_ids, single = self._plan(targets)
-        task_ids = self.client.send_direct(kind, request, engine_ids, header, what)
+        blocking = self._block(block)
+        task_ids = self.client.send_direct(kind, request, engine_ids, header, what, confirm=not blocking)
         result = AsyncResult(self.client, task_ids, single, kind)
-        return result.get() if self._block(block) else result
+        return result.get() if blocking else result
 
     def _local(self, targets: Targets, block: bool | None, fn: Callable[[int], Any], kind: str) -> Any:
         engine_ids, single = self._plan(targets)
@@ -150,7 +151,7 @@ class DirectView:
 
     # --- queues ---------------------------------------------------------------------
     def queue_status(self, targets: Targets = _UNSET, block: bool | None = None) -> Any:
-        """For each target: tasks waiting for it and the task it is running."""
+        """For each target: tasks waiting for it and the tasks it has claimed (running)."""
         return self._local(targets, block, self.client.engine_queue_status, "queue_status")
 
     def clear_queue(self, targets: Targets = _UNSET, block: bool | None = None) -> Any:

@@ -207,13 +207,13 @@ class Scheduler:
 
     # --- routing -------------------------------------------------------------------
     def _loads(self) -> list[EngineLoad]:
-        """What each engine holds: tasks we routed, plus one if it runs work we did not route
-        (a targeted call, or plain FIFO work taken from the shared queue)."""
-        running = self.registry.running_many(self.live)
+        """What each engine holds: tasks we routed, plus what it claimed that we did not route
+        (targeted calls, or plain FIFO work taken from the shared queue)."""
+        claimed = self.registry.running_many(self.live)
         loads = []
-        for engine_id, task_id in zip(self.live, running):
+        for engine_id, held in zip(self.live, claimed):
             ours = self.assigned.get(engine_id, set())
-            loads.append(EngineLoad(engine_id, len(ours) + (1 if task_id and task_id not in ours else 0)))
+            loads.append(EngineLoad(engine_id, len(ours) + len(held - ours)))
         return loads
 
     def _dispatch(self) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 import redis
 import redis.exceptions
@@ -31,6 +33,67 @@ def connect(url: str, retry_window_s: float = 30.0) -> redis.Redis:
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries),
         retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
     )
+
+
+class HeldScript:
+    """A Lua script run over a connection each thread keeps for it, skipping the pool and
+    retry machinery on every call (the hot path of engines). A missing script or a broken
+    connection falls back to the client's own path, which loads the script and retries."""
+
+    def __init__(self, client: redis.Redis, source: str) -> None:
+        self.client = client
+        self.script = client.register_script(source)
+        self._local = threading.local()
+
+    def _conn(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self.client.connection_pool.get_connection()
+        return conn
+
+    def __call__(self, keys: list[Any], args: list[Any]) -> Any:
+        self.collect()
+        conn = self._conn()
+        try:
+            conn.send_command("EVALSHA", self.script.sha, len(keys), *keys, *args)
+            return conn.read_response()
+        except redis.exceptions.NoScriptError:
+            pass
+        except UNAVAILABLE:
+            conn.disconnect()
+        return self.script(keys=keys, args=args)
+
+    def send(self, keys: list[Any], args: list[Any]) -> None:
+        """Send a call and return at once; ``collect`` reads its reply.
+
+        Until then this thread's connection has a reply owed. Once the bytes are sent, the
+        call is Redis's even if this process is killed: nothing owed to us can be unread yet,
+        so the kernel closes the connection gracefully, after the bytes.
+        """
+        self.collect()
+        conn = self._conn()
+        try:
+            conn.send_command("EVALSHA", self.script.sha, len(keys), *keys, *args)
+            self._local.owed = (keys, args)
+        except UNAVAILABLE:
+            conn.disconnect()
+            self.script(keys=keys, args=args)
+
+    def collect(self) -> Any:
+        """The reply of the call ``send`` sent (None if none is owed); a call that failed is
+        made again the ordinary way (every enginefarm script is safe to repeat)."""
+        owed = getattr(self._local, "owed", None)
+        if owed is None:
+            return None
+        self._local.owed = None
+        conn = self._conn()
+        try:
+            return conn.read_response()
+        except redis.exceptions.NoScriptError:
+            pass
+        except UNAVAILABLE:
+            conn.disconnect()
+        return self.script(keys=owed[0], args=owed[1])
 
 
 def redact(url: str) -> str:

@@ -98,7 +98,10 @@ class History:
 
     def fetch(self, task_ids: list[str], fields: Iterable[str]) -> list[dict[str, Any] | None]:
         """Chosen fields of each record, typed; None for a record that does not exist."""
-        fields = list(dict.fromkeys(["task_id", "status", *fields]))
+        wanted = list(dict.fromkeys(["task_id", "status", *fields]))
+        output = [f for f in ("stdout", "stderr") if f in wanted]
+        # Engines leave empty output out of a record: a finished task that started printed nothing.
+        fields = wanted + ["started"] if output and "started" not in wanted else wanted
         out: list[dict[str, Any] | None] = []
         with translate_errors():
             for start in range(0, len(task_ids), BATCH):
@@ -110,7 +113,9 @@ class History:
                         out.append(None)
                         continue
                     row = {f: decode_field(f, v) for f, v in zip(fields, values)}
-                    out.append({k: v for k, v in row.items() if v is not None})
+                    if row["status"] in TERMINAL and row.get("started") is not None:
+                        row.update({f: "" for f in output if row[f] is None})
+                    out.append({k: v for k, v in row.items() if v is not None and k in wanted})
         return out
 
     def _candidates(self, query: Mapping[str, Any]) -> list[str] | None:
@@ -230,10 +235,11 @@ class History:
             ids = [t.decode() for t in self.redis.smembers(self.names.engine_index(engine_id))]
         return self.purge(ids)
 
-    def cull(self, ttl_s: float, max_records: int, interval_s: float = 5.0) -> int:
+    def cull(self, ttl_s: float, max_records: int, interval_s: float = 1.0) -> int:
         """Keep the history bounded: drop finished records past their time to live, then the
         oldest finished ones beyond ``max_records``. Runs at most once per ``interval_s``
-        across the cluster; returns how many were removed.
+        across the cluster (the cap is overshot by at most what the cluster finishes in that
+        time plus a heartbeat); returns how many were removed.
         """
         with translate_errors():
             if not self.redis.set(self.names.cull_lock, "1", nx=True, px=int(interval_s * 1000)):

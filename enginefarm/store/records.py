@@ -23,7 +23,7 @@ import redis
 from ..keys import KeyRing
 from ..names import Names
 from ..protocol import open_envelope, seal
-from .connection import translate_errors
+from .connection import HeldScript, translate_errors
 
 PENDING, RUNNING, COMPLETED, FAILED, ABORTED = "pending", "running", "completed", "failed", "aborted"
 TERMINAL = frozenset({COMPLETED, FAILED, ABORTED})
@@ -32,46 +32,82 @@ STATUSES = (PENDING, RUNNING, COMPLETED, FAILED, ABORTED)
 RESULT_FIELDS = ("task_id", "kind", "status", "engine_id", "client_id", "submitted", "started", "completed",
                  "attempts", "stdout", "stderr", "error", "summary", "result", "namespace_lost")
 
-# KEYS[1] = task hash, KEYS[2] = scheduler backlog. ARGV: 1 task id, 2 allowed current states (comma list), 3 new state,
-# 4 status-index key prefix, 5 engine running key (when starting), 6 engine index key,
-# 7.. field/value pairs to set. Returns {'ok'|'refused'|'missing', previous state}.
+# Any number of state changes in one call, applied in order. KEYS[1] = scheduler backlog;
+# ARGV[1] = status-index key prefix; then per change: task key, task id, allowed current states
+# (comma list), new state, the claimed-set key of the engine that claims (or must hold the claim
+# to finish or release), the engine's index key
+# ('' for none; a release removes the task from it), the number of field/value pairs, the pairs.
+# Returns, per change, {'ok'|'refused'|'missing', previous state, attempts}.
 _TRANSITION = """
-local task, tid, new = KEYS[1], ARGV[1], ARGV[3]
-local st = redis.call('HGET', task, 'status')
-if not st then return {'missing', ''} end
-if new == 'running' and st == 'running' and redis.call('GET', ARGV[5]) == tid then
-  -- Our own claim, repeated after a lost reply: still ours.
-  return {'ok', st, redis.call('HGET', task, 'attempts')}
-end
-if not string.find(',' .. ARGV[2] .. ',', ',' .. st .. ',', 1, true) then return {'refused', st} end
-for i = 7, #ARGV, 2 do redis.call('HSET', task, ARGV[i], ARGV[i + 1]) end
-redis.call('HSET', task, 'status', new)
-redis.call('SREM', ARGV[4] .. st, tid)
-redis.call('SADD', ARGV[4] .. new, tid)
-if ARGV[6] ~= '' then redis.call('SADD', ARGV[6], tid) end
-if st == 'running' then
-  local rk = redis.call('HGET', task, '_running_key')
-  if rk and redis.call('GET', rk) == tid then redis.call('DEL', rk) end
-end
-if new == 'running' then
-  redis.call('HINCRBY', task, 'attempts', 1)
-  redis.call('HSET', task, '_running_key', ARGV[5])
-  redis.call('SET', ARGV[5], tid)
-elseif new ~= 'pending' then
-  local pk = redis.call('HGET', task, '_pending_key')
-  if pk then redis.call('SREM', pk, tid) end
-  local inbox = redis.call('HGET', task, '_inbox')
-  if inbox then
-    redis.call('LPUSH', inbox, tid)
-    redis.call('EXPIRE', inbox, 86400)
+local prefix = ARGV[1]
+local out = {}
+local i = 2
+while i <= #ARGV do
+  local task, tid, allowed, new, ck, eidx = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+  local first, n = i + 7, tonumber(ARGV[i + 6])
+  i = first + 2 * n
+  local m = redis.call('HMGET', task, 'status', '_claimed_key', '_pending_key', '_inbox', '_notify', 'attempts', '_seq')
+  local st, attempts = m[1], m[6] or '0'
+  if not st then
+    out[#out + 1] = {'missing', ''}
+  elseif new == 'running' and st == 'running' and ck ~= '' and redis.call('SISMEMBER', ck, tid) == 1 then
+    -- Our own claim, repeated after a lost reply: still ours.
+    out[#out + 1] = {'ok', st, attempts}
+  elseif new ~= 'running' and st == 'running' and ck ~= '' and redis.call('SISMEMBER', ck, tid) == 0 then
+    -- Only the claim's holder starts, finishes or releases it.
+    out[#out + 1] = {'refused', st}
+  elseif new == 'started' then
+    -- A claimed task begins to run (claims are taken a few at a time, ahead of running).
+    if st ~= 'running' then
+      out[#out + 1] = {'refused', st}
+    else
+      local set = {'HSET', task}
+      for j = first, first + 2 * n - 1 do set[#set + 1] = ARGV[j] end
+      if n > 0 then redis.call(unpack(set)) end
+      out[#out + 1] = {'ok', st, attempts}
+    end
+  elseif not string.find(',' .. allowed .. ',', ',' .. st .. ',', 1, true) then
+    out[#out + 1] = {'refused', st}
+  else
+    local set = {'HSET', task, 'status', new}
+    for j = first, first + 2 * n - 1 do set[#set + 1] = ARGV[j] end
+    if new == 'running' then
+      attempts = tostring(tonumber(attempts) + 1)
+      set[#set + 1] = 'attempts'
+      set[#set + 1] = attempts
+      set[#set + 1] = '_claimed_key'
+      set[#set + 1] = ck
+    end
+    redis.call(unpack(set))
+    if new == 'pending' then
+      -- A release sets attempts back.
+      attempts = redis.call('HGET', task, 'attempts') or attempts
+    end
+    redis.call('SREM', prefix .. st, tid)
+    redis.call('SADD', prefix .. new, tid)
+    if st == 'running' and m[2] then redis.call('SREM', m[2], tid) end
+    if eidx ~= '' then
+      if new == 'pending' then redis.call('SREM', eidx, tid) else redis.call('SADD', eidx, tid) end
+    end
+    if new == 'running' then
+      redis.call('SADD', ck, tid)
+    elseif new == 'pending' then
+      if m[2] then redis.call('HDEL', task, '_claimed_key') end
+    else
+      if m[3] then redis.call('SREM', m[3], tid) end
+      if m[4] then
+        redis.call('LPUSH', m[4], tid)
+        redis.call('EXPIRE', m[4], 86400)
+      end
+      if m[5] then redis.call('LPUSH', m[5], tid) end
+      if m[7] then redis.call('ZREM', KEYS[1], tid) end
+      -- Bookkeeping a finished record no longer needs (keeps finished records small).
+      redis.call('HDEL', task, '_claimed_key', '_pending_key', '_inbox', '_notify', '_seq')
+    end
+    out[#out + 1] = {'ok', st, attempts}
   end
-  local notify = redis.call('HGET', task, '_notify')
-  if notify then redis.call('LPUSH', notify, tid) end
-  redis.call('ZREM', KEYS[2], tid)
-  -- Bookkeeping a finished record no longer needs (keeps finished records small).
-  redis.call('HDEL', task, '_running_key', '_pending_key', '_inbox', '_notify', '_seq')
 end
-return {'ok', st, redis.call('HGET', task, 'attempts')}
+return out
 """
 
 # Back to the scheduler: a load-balanced task that failed with retries left, whose depend
@@ -85,12 +121,13 @@ local task, tid = KEYS[1], ARGV[1]
 local st = redis.call('HGET', task, 'status')
 if st ~= 'pending' and st ~= 'running' then return 0 end
 if st == 'running' then
-  local rk = redis.call('HGET', task, '_running_key')
-  if rk and redis.call('GET', rk) == tid then redis.call('DEL', rk) end
+  local rk = redis.call('HGET', task, '_claimed_key')
+  if rk then redis.call('SREM', rk, tid) end
 end
 local pk = redis.call('HGET', task, '_pending_key')
 if pk then redis.call('SREM', pk, tid) end
-redis.call('HDEL', task, '_pending_key')
+-- The next attempt's output replaces this one's.
+redis.call('HDEL', task, '_pending_key', '_claimed_key', 'stdout', 'stderr')
 if tonumber(ARGV[3]) ~= 0 then redis.call('HINCRBY', task, 'attempts', ARGV[3]) end
 if ARGV[5] ~= '' then
   local prev = redis.call('HGET', task, ARGV[5])
@@ -228,7 +265,7 @@ class Records:
         self.redis = redis_client
         self.names = names
         self.ring = ring
-        self._transition = redis_client.register_script(_TRANSITION)
+        self._transition = HeldScript(redis_client, _TRANSITION)
         self._requeue = redis_client.register_script(_REQUEUE)
         self._assign = redis_client.register_script(_ASSIGN)
         self._enqueue = redis_client.register_script(_ENQUEUE)
@@ -275,20 +312,56 @@ class Records:
             if own:
                 pipe.execute()
 
-    def _transition_args(self, task_id: str, allowed: Iterable[str], new: str,
-                         fields: Mapping[str, Any] | None, engine_id: int | None) -> list[Any]:
+    def _change(self, task_id: str, allowed: Iterable[str], new: str, fields: Mapping[str, Any] | None,
+                holder: int | None = None, index_of: int | None = None) -> list[Any]:
+        """One change's arguments for ``_TRANSITION``. ``holder``: the engine that claims the
+        task, or that must hold its claim to finish or release it."""
         names = self.names
-        args: list[Any] = [
-            task_id,
-            ",".join(allowed),
-            new,
-            names.status_index(""),
-            names.engine_running(engine_id) if engine_id is not None else "",
-            names.engine_index(engine_id) if engine_id is not None else "",
-        ]
+        pairs: list[Any] = []
         for key, value in (fields or {}).items():
-            args.extend([key, value])
+            pairs.extend([key, value])
+        return [
+            names.task(task_id), task_id, ",".join(allowed), new,
+            names.engine_claimed(holder) if holder is not None else "",
+            names.engine_index(index_of) if index_of is not None else "",
+            len(pairs) // 2, *pairs,
+        ]
+
+    def _apply(self, changes: list[list[Any]]) -> list[tuple[bool, str, int]]:
+        """Apply changes in order, atomically, in one round trip."""
+        if not changes:
+            return []
+        with translate_errors():
+            replies = self._transition(keys=[self.names.scheduler_pending], args=self._args(changes))
+        return [self._reply(r) for r in replies]
+
+    def _args(self, changes: list[list[Any]]) -> list[Any]:
+        args: list[Any] = [self.names.status_index("")]
+        for change in changes:
+            args.extend(change)
         return args
+
+    def finish_soon(self, engine_id: int, task_id: str, status: str, fields: Mapping[str, Any],
+                    start: str | None = None) -> None:
+        """Send ``settle(engine_id, finished=[...], start=start)`` for one task without
+        waiting for the reply; ``finished_soon`` takes it. Once this returns, the outcome
+        reaches Redis even if the process is killed (see ``HeldScript.send``)."""
+        now = repr(time.time())
+        changes = [self._change(task_id, [RUNNING], status, {"completed": now, **fields}, engine_id)]
+        if start is not None:
+            changes.append(self._start_change(start, engine_id, now))
+        with translate_errors():
+            self._transition.send(keys=[self.names.scheduler_pending], args=self._args(changes))
+
+    def finished_soon(self) -> bool | None:
+        """Whether the outcome ``finish_soon`` sent was recorded (None: nothing was sent).
+
+        Raises:
+            StoreError: Redis is unreachable (the call is safe to make again).
+        """
+        with translate_errors():
+            replies = self._transition.collect()
+        return None if replies is None else self._reply(replies[0])[0]
 
     @staticmethod
     def _reply(reply: list[Any]) -> tuple[bool, str, int]:
@@ -303,30 +376,51 @@ class Records:
         fields: Mapping[str, Any] | None = None,
         engine_id: int | None = None,
     ) -> tuple[bool, str, int]:
-        """Move a record to ``new`` if its state is one of ``allowed``.
+        """Move a record to ``new`` if its state is one of ``allowed`` (to ``running``: claimed
+        by ``engine_id``).
 
         Returns:
             (changed, previous state, attempts); previous is '' for a missing record.
         """
-        args = self._transition_args(task_id, allowed, new, fields, engine_id)
-        with translate_errors():
-            return self._reply(self._transition(keys=[self.names.task(task_id), self.names.scheduler_pending],
-                                                args=args))
+        claim = new == RUNNING and engine_id is not None
+        return self._apply([self._change(task_id, allowed, new, fields, engine_id if claim else None,
+                                         engine_id if claim else None)])[0]
 
-    def finish_and_claim(self, task_id: str, status: str, fields: Mapping[str, Any],
-                         next_task_id: str, engine_id: int) -> tuple[bool, str, int]:
-        """``finish`` one task and ``claim`` the next in a single round trip; returns the claim."""
+    def settle(
+        self,
+        engine_id: int,
+        finished: Iterable[tuple[str, str, Mapping[str, Any]]] = (),
+        released: Iterable[tuple[str, int, bool]] = (),
+        claims: Iterable[str] = (),
+        start: str | None = None,
+    ) -> list[tuple[bool, str, int]]:
+        """An engine's round trip: record outcomes, release claims, then claim more.
+
+        Starting, finishing and releasing need the claim to be ``engine_id``'s (a reaped
+        engine's late word is refused). ``finished``: (task id, final status, fields),
+        running -> status. ``released``: (task id, attempts before the claim, load-balanced?),
+        claimed but never started, running -> pending. ``claims``: task ids, pending ->
+        running on ``engine_id``; the first of them starts now, unless ``start`` names a
+        claimed task that starts now instead. Returns the claims' replies: (claimed, previous
+        state, attempts).
+        """
         now = repr(time.time())
-        pipe = self.redis.pipeline(transaction=False)
-        finish_args = self._transition_args(task_id, [RUNNING], status, {**fields, "completed": now}, None)
-        claim_args = self._transition_args(next_task_id, [PENDING], RUNNING,
-                                           {"engine_id": engine_id, "started": now}, engine_id)
-        backlog = self.names.scheduler_pending
-        self._transition(keys=[self.names.task(task_id), backlog], args=finish_args, client=pipe)
-        self._transition(keys=[self.names.task(next_task_id), backlog], args=claim_args, client=pipe)
-        with translate_errors():
-            _, claimed = pipe.execute()
-        return self._reply(claimed)
+        changes = [self._change(t, [RUNNING], status, {"completed": now, **fields}, engine_id)
+                   for t, status, fields in finished]
+        changes += [self._change(t, [RUNNING], PENDING, {"attempts": attempts, "started": ""}, engine_id,
+                                 engine_id if lb else None) for t, attempts, lb in released]
+        if start is not None:
+            changes.append(self._start_change(start, engine_id, now))
+        claim_ids = list(claims)
+        changes += [self._change(t, [PENDING], RUNNING,
+                                 {"engine_id": engine_id, "started": now if n == 0 and start is None else ""},
+                                 engine_id, engine_id)
+                    for n, t in enumerate(claim_ids)]
+        replies = self._apply(changes)
+        return replies[len(replies) - len(claim_ids):] if claim_ids else []
+
+    def _start_change(self, task_id: str, engine_id: int, now: str) -> list[Any]:
+        return self._change(task_id, [RUNNING], "started", {"started": now}, engine_id)
 
     def requeue(
         self,
@@ -394,16 +488,15 @@ class Records:
         """Task ids the scheduler must look at again; waits up to ``timeout_s``."""
         return self._pop(self.names.scheduler_events, timeout_s)
 
-    def _pop(self, key: str, timeout_s: float) -> list[str]:
-        """Everything in the list ``key``, oldest first, waiting up to ``timeout_s`` for the first."""
+    def _pop(self, key: str, timeout_s: float, most: int = 1000) -> list[str]:
+        """Up to ``most`` entries of the list ``key``, oldest first, waiting up to ``timeout_s``
+        for the first (one round trip either way)."""
         with translate_errors():
             if timeout_s <= 0:
-                return [v.decode() for v in self.redis.rpop(key, 1000) or []]
-            first = self.redis.brpop([key], timeout=timeout_s)
-            if first is None:
-                return []
-            rest = self.redis.rpop(key, 1000) or []
-        return [first[1].decode(), *(v.decode() for v in rest)]
+                popped = self.redis.lmpop(1, key, direction="RIGHT", count=most)
+            else:
+                popped = self.redis.blmpop(timeout_s, 1, key, direction="RIGHT", count=most)
+        return [v.decode() for v in popped[1]] if popped else []
 
     def assign(self, task_id: str, engine_id: int) -> int:
         """Record that the scheduler routed a task to an engine (see ``_ASSIGN``)."""
@@ -414,9 +507,7 @@ class Records:
 
     def claim(self, task_id: str, engine_id: int) -> tuple[bool, str, int]:
         """pending -> running on ``engine_id``; refused if aborted, finished or unknown."""
-        return self.transition(
-            task_id, [PENDING], RUNNING, {"engine_id": engine_id, "started": repr(time.time())}, engine_id
-        )
+        return self.settle(engine_id, claims=[task_id])[0]
 
     def finish(self, task_id: str, status: str, fields: Mapping[str, Any]) -> bool:
         """running -> a terminal state, with the outcome's fields."""

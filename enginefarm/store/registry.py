@@ -119,7 +119,7 @@ class Registry:
             pipe.hdel(names.engines, engine_id)
             pipe.delete(
                 names.engine_properties(engine_id),
-                names.engine_running(engine_id),
+                names.engine_claimed(engine_id),
                 names.engine_pending(engine_id),
             )
             pipe.execute()
@@ -184,18 +184,20 @@ class Registry:
             self.redis.delete(self.names.reap_lock(engine_id))
 
     # --- what an engine is doing ----------------------------------------------------
-    def running(self, engine_id: int) -> str | None:
+    def running(self, engine_id: int) -> list[str]:
+        """The tasks an engine has claimed and not finished (running, or next in its batch)."""
         with translate_errors():
-            value = self.redis.get(self.names.engine_running(engine_id))
-        return value.decode() if value is not None else None
+            return sorted(t.decode() for t in self.redis.smembers(self.names.engine_claimed(engine_id)))
 
-    def running_many(self, engine_ids: list[int]) -> list[str | None]:
-        """What each engine runs now (None when idle), in one round trip."""
+    def running_many(self, engine_ids: list[int]) -> list[set[str]]:
+        """What each engine has claimed, in one round trip."""
         if not engine_ids:
             return []
         with translate_errors():
-            values = self.redis.mget([self.names.engine_running(e) for e in engine_ids])
-        return [v.decode() if v is not None else None for v in values]
+            pipe = self.redis.pipeline(transaction=False)
+            for engine_id in engine_ids:
+                pipe.smembers(self.names.engine_claimed(engine_id))
+            return [{t.decode() for t in members} for members in pipe.execute()]
 
     def pending(self, engine_id: int) -> set[str]:
         with translate_errors():

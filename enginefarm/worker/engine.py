@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ..broker import BrokerConnection, Consumer, Delivery, Publisher
@@ -52,11 +52,16 @@ class AckOnce:
         self._done = False
 
     def __call__(self) -> None:
+        if self.take():
+            self._consumer.ack(self._delivery)
+
+    def take(self) -> bool:
+        """Claim the one settlement of this delivery: True if nobody has settled it yet."""
         with self._lock:
             if self._done:
-                return
+                return False
             self._done = True
-        self._consumer.ack(self._delivery)
+            return True
 
 
 Claim = tuple[bool, str, int]
@@ -76,6 +81,25 @@ class Job:
         return str(self.header.get("task_id", ""))
 
 
+@dataclass
+class _Batch:
+    """Jobs claimed together, and what became of them."""
+
+    jobs: list[Job]
+    claims: list[Claim]
+    window_end: float
+    cut: int = -1  # jobs from here on were not started
+    released_from: int = -1  # jobs from here on were released already
+    finished: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    acks: list[Job] = field(default_factory=list)
+    properties: dict[str, Any] | None = None
+    started: set[int] = field(default_factory=lambda: {0})  # jobs whose record says they started
+
+    def __post_init__(self) -> None:
+        if self.cut < 0:
+            self.cut = self.released_from = len(self.jobs)
+
+
 class Engine:
     def __init__(self, settings: Settings, properties: dict[str, Any] | None = None) -> None:
         self.settings = settings
@@ -89,6 +113,8 @@ class Engine:
         self._dead = threading.Event()
         self._stop_requests = 0
         self._activated = False
+        self._batch = 1
+        self._owed: tuple[str, str, dict[str, Any]] | None = None  # an outcome sent, reply not read
         self.metrics = Metrics()
 
     # --- lifecycle -----------------------------------------------------------------
@@ -183,14 +209,17 @@ class Engine:
             self.executor.interrupt(f"engine stopped ({why} while draining)")
 
     # --- worker thread -------------------------------------------------------------
+    # Tasks are claimed in batches of the deliveries already waiting here: one Redis round
+    # trip records a batch's last outcome and claims the next batch, and one broker frame
+    # acks the batch (each outcome is recorded before the next task starts).
+    # The batch grows while tasks are quick and falls back to one when they are not; a
+    # claimed task that has not started when the batch window closes goes back to its queue.
     def _work(self) -> None:
         try:
-            carried: tuple[Job, Claim] | None = None
+            carried: tuple[list[Job], list[Claim]] | None = None
             while not self._dead.is_set():
                 if carried is not None:
-                    # Claimed in the round trip that recorded the previous task: it has started.
-                    job, claim = carried
-                    carried = self._process(job, claim)
+                    carried = self._run_batch(*carried)
                     continue
                 try:
                     delivery = self._deliveries.get(timeout=0.1)
@@ -201,8 +230,11 @@ class Engine:
                 if self._draining.is_set():
                     break  # not started: settled below with the rest of our queue
                 job = self._open(delivery)
-                if job is not None:
-                    carried = self._process(job, None)
+                if job is None:
+                    continue
+                jobs = self._take([job])
+                ids = [j.task_id for j in jobs]
+                carried = (jobs, self._retry_store(lambda: self.records.settle(self.engine_id, claims=ids)))
             if not self._dead.is_set():
                 self._leave()
         except Exception:
@@ -227,25 +259,108 @@ class Engine:
             return None
         return Job(delivery, header, envelope.payload, ack)
 
-    def _next_job(self) -> Job | None:
-        """The next verified delivery already waiting here, if any (never blocks)."""
-        while not self._draining.is_set():
+    def _take(self, jobs: list[Job]) -> list[Job]:
+        """Add verified deliveries already waiting here (never blocks) until the batch is full.
+
+        A stop request ends a batch; a second copy of a task in the same batch is acked unrun.
+        """
+        ids = {j.task_id for j in jobs}
+        while len(jobs) < self._batch and not self._draining.is_set():
+            if jobs and jobs[-1].header.get("kind") == "kill":
+                break
             try:
                 delivery = self._deliveries.get_nowait()
             except queue.Empty:
-                return None
+                break
             job = self._open(delivery)
-            if job is not None:
-                return job
-        return None
+            if job is None:
+                continue
+            if job.task_id in ids:
+                self.metrics.tasks.labels("skipped").inc()
+                job.ack()
+                continue
+            ids.add(job.task_id)
+            jobs.append(job)
+        return jobs
 
-    def _process(self, job: Job, claim: Claim | None) -> tuple[Job, Claim] | None:
-        """Run one job; returns the next job when its claim rode along with this record."""
+    def _run_batch(self, jobs: list[Job], claims: list[Claim]) -> tuple[list[Job], list[Claim]] | None:
+        """Run claimed jobs in order; record them, release what did not start, claim the next
+        batch (one round trip); then ack. Returns the next batch when there is one."""
+        batch = _Batch(jobs, claims, time.monotonic() + self.settings.batch_window_s)
+        killed = False
+        for index, (job, claim) in enumerate(zip(jobs, claims)):
+            if index >= batch.cut:
+                break  # released while the task before it ran
+            if index > 0 and (self._draining.is_set() or time.monotonic() > batch.window_end):
+                batch.cut = index
+                break
+            entry = self._run_one(job, claim, batch, index)
+            if entry is not None:
+                batch.acks.append(job)
+                if index + 1 < batch.cut:
+                    # Sent to Redis before the next task starts, with the word that it starts
+                    # (the reply is read while it runs): an engine killed at any point re-runs at
+                    # most the task it was running. The batch's last outcome rides with its
+                    # closing round trip.
+                    following = jobs[index + 1].task_id if claims[index + 1][0] else None
+                    self._retry_store(lambda: self.records.finish_soon(self.engine_id, *entry, start=following))
+                    self._owed = entry
+                    if following is not None:
+                        batch.started.add(index + 1)
+                else:
+                    batch.finished.append(entry)
+            killed = killed or (job.header.get("kind") == "kill" and entry is not None and entry[1] == COMPLETED)
+        end = batch.released_from
+        self._settle_owed()
+        unstarted = [(j, c) for j, c in zip(jobs[batch.cut:end], claims[batch.cut:end]) if c[0]]
+        following = [] if killed or self._dead.is_set() else self._take([])
+        ids = [j.task_id for j in following]
+        released = [(j.task_id, c[2] - 1, bool(j.header.get("lb"))) for j, c in unstarted]
+        next_claims = self._retry_store(lambda: self.records.settle(
+            self.engine_id, finished=batch.finished, released=released, claims=ids))
+        self.consumer.settle([j.delivery for j in batch.acks if j.ack.take()],
+                             [j.delivery for j, _ in unstarted if j.ack.take()], requeue=True)
+        self._adapt(batch, len(jobs))
+        if killed:
+            self.request_stop("killed by a client")
+        return (following, next_claims) if following else None
+
+    def _adapt(self, batch: _Batch, size: int) -> None:
+        """Double the batch while a whole one fits well inside the window, else start over at one."""
+        if batch.cut >= size and time.monotonic() < batch.window_end - self.settings.batch_window_s / 2:
+            self._batch = min(self._batch * 2, self.settings.batch_max)
+        elif batch.cut < size or time.monotonic() > batch.window_end:
+            self._batch = 1
+
+    def _settle_owed(self) -> None:
+        """Take the reply of the outcome sent ahead (``finish_soon``), sending it again if
+        Redis failed meanwhile."""
+        entry, self._owed = self._owed, None
+        if entry is None:
+            return
+        try:
+            self.records.finished_soon()
+        except StoreError as exc:
+            log.warning("engine %d records task %s again: %s", self.engine_id, entry[0], exc)
+            self._retry_store(lambda: self.records.settle(self.engine_id, finished=[entry]))
+
+    def _release_rest(self, batch: _Batch, index: int) -> None:
+        """The batch window closed while job ``index`` runs: put the jobs after it back."""
+        self._settle_owed()
+        rest = [(j, c) for j, c in zip(batch.jobs[index + 1 :], batch.claims[index + 1 :]) if c[0]]
+        batch.cut = batch.released_from = index + 1
+        if not rest:
+            return
+        released = [(j.task_id, c[2] - 1, bool(j.header.get("lb"))) for j, c in rest]
+        self._retry_store(lambda: self.records.settle(self.engine_id, released=released))
+        self.consumer.settle([], [j.delivery for j, _ in rest if j.ack.take()], requeue=True)
+
+    def _run_one(self, job: Job, claim: Claim, batch: _Batch, index: int) -> tuple[str, str, dict[str, Any]] | None:
+        """Run one claimed job; returns what to record, or None when it is settled already."""
         header, task_id = job.header, job.task_id
-        if claim is None:
-            claim = self._retry_store(lambda: self.records.claim(task_id, self.engine_id))
         claimed, previous, attempt = claim
         if not claimed:
+            self._settle_owed()
             if not job.delivery.redelivered and previous in (COMPLETED, FAILED, ""):
                 # A fresh publish of a finished (or forgotten) task: someone replays a
                 # captured message. Legitimate duplicates are broker redeliveries.
@@ -256,35 +371,37 @@ class Engine:
             self.metrics.tasks.labels("skipped").inc()
             job.ack()
             return None
+        if index not in batch.started:
+            # Claimed ahead, and no outcome went out before it to say it starts.
+            self._settle_owed()
+            self._retry_store(lambda: self.records.settle(self.engine_id, start=task_id))
         if isinstance(header.get("ts"), (int, float)):
             self.metrics.wait_seconds.observe(max(time.time() - header["ts"], 0.0))
         header["attempt"] = attempt
         if header.get("depend"):
-            header["properties"] = self._retry_store(lambda: self.registry.get_properties(self.engine_id))
+            if batch.properties is None:
+                batch.properties = self._retry_store(lambda: self.registry.get_properties(self.engine_id))
+            header["properties"] = batch.properties
         timeout_s = float(header.get("timeout") or self.settings.task_timeout_s or 0)
         started = time.monotonic()
+        # Long tasks hand custody to the record in Redis, so the broker's consumer timeout
+        # never closes our channel; a reaper settles the record if this engine dies.
+        after = [(self.settings.custody_after_s, job.ack)]
+        if index + 1 < batch.cut:
+            after.append((max(batch.window_end - started, 0.0), lambda: self._release_rest(batch, index)))
         self.metrics.in_progress.inc()
         try:
-            # Long tasks hand custody to the record in Redis, so the broker's consumer timeout
-            # never closes our channel; a reaper settles the record if this engine dies.
-            outcome = self.executor.run(header, job.payload, timeout_s,
-                                        after=(self.settings.custody_after_s, job.ack))
+            outcome = self.executor.run(header, job.payload, timeout_s, after=after, meanwhile=self._settle_owed)
         finally:
             self.metrics.in_progress.dec()
             self.metrics.run_seconds.observe(time.monotonic() - started)
-        carried = None
         if header.get("lb") and self._retry_store(lambda: self._hand_back(task_id, header, outcome)):
             self.metrics.tasks.labels("requeued").inc()
-        else:
-            following = None if header.get("kind") == "kill" else self._next_job()
-            next_claim = self._retry_store(lambda: self._record(task_id, outcome, following))
-            self.metrics.tasks.labels("completed" if outcome.ok else "failed").inc()
-            if following is not None:
-                carried = (following, next_claim)
-        job.ack()
-        if header.get("kind") == "kill" and outcome.ok:
-            self.request_stop("killed by a client")
-        return carried
+            batch.acks.append(job)
+            return None
+        self.metrics.tasks.labels("completed" if outcome.ok else "failed").inc()
+        status, fields = self._outcome_fields(task_id, outcome)
+        return task_id, status, fields
 
     def _refuse(self, delivery: Delivery, ack: AckOnce, exc: SignatureError) -> None:
         self.metrics.dead_lettered.labels(exc.reason).inc()
@@ -319,8 +436,8 @@ class Engine:
             return self.records.requeue(task_id, self.engine_id, "failed_on", fields=fields)
         return False
 
-    def _record(self, task_id: str, outcome: Outcome, following: Job | None = None) -> Claim | None:
-        """Record the outcome before the ack; claim ``following`` in the same round trip."""
+    def _outcome_fields(self, task_id: str, outcome: Outcome) -> tuple[str, dict[str, Any]]:
+        """The final status and the record fields of an outcome."""
         cap = self.settings.max_message_bytes
         if outcome.ok and len(outcome.value or b"") > cap:
             outcome.ok = False
@@ -328,7 +445,8 @@ class Engine:
                              "evalue": f"the result is {len(outcome.value or b''):,} bytes pickled, over the "
                                        f"cluster's cap of {cap:,} bytes (max_message_bytes)"}
             outcome.value = None
-        fields: dict[str, Any] = {"stdout": outcome.stdout, "stderr": outcome.stderr}
+        # Empty output is left out: two fewer fields in every quiet task's record.
+        fields: dict[str, Any] = {k: v for k, v in (("stdout", outcome.stdout), ("stderr", outcome.stderr)) if v}
         if outcome.ok:
             fields["summary"] = outcome.summary
             fields["result"] = self.records.seal_value(task_id, "result", outcome.value or b"")
@@ -336,11 +454,7 @@ class Engine:
             fields["error"] = json.dumps({**(outcome.error or {}), "engine_id": self.engine_id})
         if outcome.namespace_lost:
             fields["namespace_lost"] = "1"
-        status = COMPLETED if outcome.ok else FAILED
-        if following is None:
-            self.records.finish(task_id, status, fields)
-            return None
-        return self.records.finish_and_claim(task_id, status, fields, following.task_id, self.engine_id)
+        return (COMPLETED if outcome.ok else FAILED), fields
 
     def _retry_store(self, action: Callable[[], T]) -> T:
         """Retry a Redis write until it lands: nothing is acked while Redis is away."""

@@ -70,21 +70,24 @@ class Executor:
         self._interrupt.set()
 
     def run(self, header: dict[str, Any], payload: bytes, timeout_s: float = 0.0,
-            after: tuple[float, Callable[[], None]] | None = None) -> Outcome:
-        """Run one request in the child. ``after=(seconds, fn)`` calls ``fn`` once if the
-        request is still running after that long."""
+            after: list[tuple[float, Callable[[], None]]] | None = None,
+            meanwhile: Callable[[], None] | None = None) -> Outcome:
+        """Run one request in the child. ``meanwhile`` is called once the child has the
+        request; each ``(seconds, fn)`` of ``after`` calls ``fn`` once if the request is still
+        running after that long."""
         if self.proc is None or self.proc.poll() is not None:
             self.restart()
         assert self.conn is not None
         self._interrupt.clear()
         self.conn.send_bytes(pickle.dumps((header, payload), protocol=pickle.HIGHEST_PROTOCOL))
+        if meanwhile is not None:
+            meanwhile()
         now = time.monotonic()
         deadline = now + timeout_s if timeout_s > 0 else None
-        late_at, late_fn = (now + after[0], after[1]) if after is not None else (None, None)
+        late = sorted(((now + seconds, fn) for seconds, fn in after or []), key=lambda item: item[0])
         while True:
-            if late_at is not None and time.monotonic() >= late_at:
-                late_fn()
-                late_at = None
+            while late and time.monotonic() >= late[0][0]:
+                late.pop(0)[1]()
             try:
                 if self.conn.poll(0.05):
                     raw = self.conn.recv_bytes()

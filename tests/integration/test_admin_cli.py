@@ -111,9 +111,9 @@ def test_status_and_queue_status(cli, client, cluster, settings, gates):
     host = socket.gethostname()
     assert status["engines"] == [
         {"engine_id": 0, "host": host, "pid": engines[0].pid, "alive": True, "properties": {},
-         "running": None, "queued": 0},
+         "running": [], "queued": 0},
         {"engine_id": 1, "host": host, "pid": engines[1].pid, "alive": True, "properties": {},
-         "running": running, "queued": 1},
+         "running": [running], "queued": 1},
     ]
 
     text = ok(cli("status"))

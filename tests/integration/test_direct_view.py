@@ -100,7 +100,7 @@ def test_queue_status_and_get_ids(client, engines):
     dv = client.direct_view()
     status = dv.queue_status()
     assert [s["engine_id"] for s in status] == [0, 1]
-    assert all(s["queue"] == 0 and s["running"] is None for s in status)
+    assert all(s["queue"] == 0 and s["running"] == [] for s in status)
     assert dv.get_ids() == [0, 1]
 
 

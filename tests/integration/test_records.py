@@ -217,7 +217,8 @@ def test_a_finished_record_is_never_overwritten(client, cluster, store):
     assert records.fail(task_id, error_fields("TaskAborted", "too late")) is False
     assert records.requeue(task_id, 0, "failed_on") is False
     assert raw(store, task_id) == snapshot
-    assert store.redis.get(store.names.engine_running(1)) is None
+    assert not store.redis.sismember(store.names.engine_claimed(0), task_id)
+    assert store.redis.scard(store.names.engine_claimed(1)) == 0
 
     # And the engine itself refuses a redelivered copy of the message
     client.publisher.publish(client.names.direct_exchange, client.names.engine_routing_key(0), snapshot[b"request"])
