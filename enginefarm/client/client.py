@@ -218,14 +218,17 @@ class Client(TaskFarming, HubMethods):
             body = seal(self.ring, head, payload)
             tasks.append(NewTask(task_id, kind, self.client_id, body, engine_id))
             bodies.append(body)
-        self.records.create(tasks)
+        self.records.create(tasks, wait=False)
         self.history.extend(t.task_id for t in tasks)
         self.outstanding.update(t.task_id for t in tasks)
-        self.publisher.send([
-            Outgoing(self.names.direct_exchange, self.names.engine_routing_key(task.engine_id), body,
-                     on_return=lambda task=task: self._engine_gone(task))
-            for task, body in zip(tasks, bodies)
-        ], confirm=confirm)
+        try:
+            self.publisher.send([
+                Outgoing(self.names.direct_exchange, self.names.engine_routing_key(task.engine_id), body,
+                         on_return=lambda task=task: self._engine_gone(task))
+                for task, body in zip(tasks, bodies)
+            ], confirm=confirm)
+        finally:
+            self.records.created()
         return [t.task_id for t in tasks]
 
     def _engine_gone(self, task: NewTask) -> None:

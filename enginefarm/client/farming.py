@@ -71,11 +71,14 @@ class TaskFarming:
                 messages.append(Outgoing("", self.names.work_queue, body))
             new.append(NewTask(task_id, kind, self.client_id, body, None, extra))
         for start in range(0, len(new), 1000):
-            self.records.create(new[start : start + 1000])
+            self.records.create(new[start : start + 1000], wait=False)
         for task in new:
             self.history.append(task.task_id)
             self.outstanding.add(task.task_id)
-        self.publisher.send(messages, confirm=confirm)
+        try:
+            self.publisher.send(messages, confirm=confirm)
+        finally:
+            self.records.created()
         return [t.task_id for t in new]
 
     def _scheme(self: Client, max_age_s: float = 2.0) -> str | None:

@@ -180,6 +180,28 @@ return 1
 """
 
 
+# New pending records. ARGV: history key, pending-index key; then per task: task key, task
+# id, submitted time, the target engine's pending and index keys ('' for load-balanced), the
+# number of field/value pairs, the pairs.
+_CREATE = """
+local i = 3
+while i <= #ARGV do
+  local task, tid, submitted, epk, eidx, n = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], tonumber(ARGV[i + 5])
+  local set = {'HSET', task}
+  for j = i + 6, i + 5 + 2 * n do set[#set + 1] = ARGV[j] end
+  i = i + 6 + 2 * n
+  redis.call(unpack(set))
+  redis.call('ZADD', ARGV[1], submitted, tid)
+  redis.call('SADD', ARGV[2], tid)
+  if epk ~= '' then
+    redis.call('SADD', epk, tid)
+    redis.call('SADD', eidx, tid)
+  end
+end
+return 1
+"""
+
+
 @dataclass
 class NewTask:
     """What a client writes when it submits a task."""
@@ -266,6 +288,7 @@ class Records:
         self.names = names
         self.ring = ring
         self._transition = HeldScript(redis_client, _TRANSITION)
+        self._create = HeldScript(redis_client, _CREATE)
         self._requeue = redis_client.register_script(_REQUEUE)
         self._assign = redis_client.register_script(_ASSIGN)
         self._enqueue = redis_client.register_script(_ENQUEUE)
@@ -280,37 +303,54 @@ class Records:
         return open_envelope(self.ring, blob, expect={"task_id": task_id, "what": what}).payload
 
     # --- writing --------------------------------------------------------------------
-    def create(self, tasks: Iterable[NewTask], pipe: Any = None) -> None:
-        """Write new pending records (one transaction for all of them)."""
+    def create(self, tasks: Iterable[NewTask], wait: bool = True) -> None:
+        """Write new pending records (atomically, in one round trip).
+
+        ``wait=False`` sends them and returns at once; ``created`` takes the reply. A client
+        uses it to publish while the records are being written: Redis has the write before
+        the message leaves, so the record is there when an engine claims the task (and an
+        engine that is ever faster waits for it).
+        """
         names = self.names
-        own = pipe is None
+        now = time.time()
+        args: list[Any] = [names.history, names.status_index(PENDING)]
+        for position, task in enumerate(tasks):
+            # Distinct, increasing times keep a batch in submission order in the history.
+            submitted = repr(now + position * 1e-6)
+            mapping: dict[str, Any] = {
+                "task_id": task.task_id,
+                "kind": task.kind,
+                "status": PENDING,
+                "client_id": task.client_id,
+                "submitted": submitted,
+                "attempts": 0,
+                "request": task.request,
+                "_inbox": names.client_inbox(task.client_id),
+                **task.extra,
+            }
+            targeted = task.engine_id is not None
+            if targeted:
+                mapping["engine_id"] = task.engine_id
+                mapping["_pending_key"] = names.engine_pending(task.engine_id)
+            args += [names.task(task.task_id), task.task_id, submitted,
+                     names.engine_pending(task.engine_id) if targeted else "",
+                     names.engine_index(task.engine_id) if targeted else "", len(mapping)]
+            for key, value in mapping.items():
+                args += [key, value]
         with translate_errors():
-            pipe = pipe if pipe is not None else self.redis.pipeline(transaction=True)
-            now = time.time()
-            for position, task in enumerate(tasks):
-                # Distinct, increasing times keep a batch in submission order in the history.
-                submitted = now + position * 1e-6
-                mapping: dict[str, Any] = {
-                    "task_id": task.task_id,
-                    "kind": task.kind,
-                    "status": PENDING,
-                    "client_id": task.client_id,
-                    "submitted": repr(submitted),
-                    "attempts": 0,
-                    "request": task.request,
-                    "_inbox": names.client_inbox(task.client_id),
-                    **task.extra,
-                }
-                if task.engine_id is not None:
-                    mapping["engine_id"] = task.engine_id
-                    mapping["_pending_key"] = names.engine_pending(task.engine_id)
-                    pipe.sadd(names.engine_pending(task.engine_id), task.task_id)
-                    pipe.sadd(names.engine_index(task.engine_id), task.task_id)
-                pipe.hset(names.task(task.task_id), mapping=mapping)
-                pipe.zadd(names.history, {task.task_id: submitted})
-                pipe.sadd(names.status_index(PENDING), task.task_id)
-            if own:
-                pipe.execute()
+            if wait:
+                self._create(keys=[], args=args)
+            else:
+                self._create.send(keys=[], args=args)
+
+    def created(self) -> None:
+        """Take the reply of ``create(..., wait=False)``.
+
+        Raises:
+            StoreError: Redis failed (the write is made again the ordinary way first).
+        """
+        with translate_errors():
+            self._create.collect()
 
     def _change(self, task_id: str, allowed: Iterable[str], new: str, fields: Mapping[str, Any] | None,
                 holder: int | None = None, index_of: int | None = None) -> list[Any]:

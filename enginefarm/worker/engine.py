@@ -40,6 +40,8 @@ T = TypeVar("T")
 
 # Outcomes that are not the task's own failure: it is run again elsewhere, a bounded number of times.
 LOST_ERRORS = frozenset({"EngineProcessDied", "TaskInterrupted"})
+# How long a fresh message may wait for its task record before it counts as a replay.
+RECORD_GRACE_S = 1.0
 
 
 class AckOnce:
@@ -359,6 +361,8 @@ class Engine:
         """Run one claimed job; returns what to record, or None when it is settled already."""
         header, task_id = job.header, job.task_id
         claimed, previous, attempt = claim
+        if not claimed and previous == "" and not job.delivery.redelivered:
+            claimed, previous, attempt = self._await_record(task_id)
         if not claimed:
             self._settle_owed()
             if not job.delivery.redelivered and previous in (COMPLETED, FAILED, ""):
@@ -402,6 +406,20 @@ class Engine:
         self.metrics.tasks.labels("completed" if outcome.ok else "failed").inc()
         status, fields = self._outcome_fields(task_id, outcome)
         return task_id, status, fields
+
+    def _await_record(self, task_id: str) -> Claim:
+        """A fresh message whose record is missing. Clients write the record while they
+        publish, so it can trail the message by a moment: wait for it a little before calling
+        the message a replay of a forgotten task."""
+        deadline = time.monotonic() + RECORD_GRACE_S
+        delay = 0.002
+        while True:
+            self._settle_owed()
+            claim = self._retry_store(lambda: self.records.settle(self.engine_id, claims=[task_id]))[0]
+            if claim[0] or claim[1] != "" or time.monotonic() > deadline:
+                return claim
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
     def _refuse(self, delivery: Delivery, ack: AckOnce, exc: SignatureError) -> None:
         self.metrics.dead_lettered.labels(exc.reason).inc()
