@@ -269,7 +269,7 @@ class Client(TaskFarming, HubMethods):
             remaining = None if deadline is None else deadline - time.monotonic()
             try:
                 if remaining is not None and remaining <= 0:
-                    self._absorb(self.records.pop_inbox(self.client_id, 0.0) if ours else [])
+                    self._absorb_inbox(self.records.pop_inbox(self.client_id, 0.0) if ours else [])
                     self._absorb_finished(sorted(t for t in missing if t not in self.results))
                     checked = 0.0
                     return finished()
@@ -278,7 +278,7 @@ class Client(TaskFarming, HubMethods):
                 step = step if remaining is None else min(step, max(remaining, 0.0))
                 if ours:
                     popped = self.records.pop_inbox(self.client_id, step)
-                    self._absorb(popped)
+                    self._absorb_inbox(popped)
                     if len(popped) < 32 and len(missing) > 64:
                         # Results trickle in one by one: let a few gather rather than make a
                         # round trip for each (a long wait gains throughput, a short one no delay).
@@ -302,7 +302,7 @@ class Client(TaskFarming, HubMethods):
     def spin(self) -> None:
         """Take in every result that has arrived, without waiting."""
         self._connect()
-        self._absorb(self.records.pop_inbox(self.client_id, 0.0))
+        self._absorb_inbox(self.records.pop_inbox(self.client_id, 0.0))
 
     def _sweep(self, missing: set[str], ours: bool) -> None:
         """Now and then: read statuses directly and reap dead engines.
@@ -325,12 +325,16 @@ class Client(TaskFarming, HubMethods):
         statuses = self.records.statuses(task_ids)
         self._absorb([t for t, s in zip(task_ids, statuses) if s in ("completed", "failed", "aborted")])
 
-    def _absorb(self, task_ids: list[str]) -> None:
+    def _absorb_inbox(self, entries: list[tuple[str, TaskRecord | None]]) -> None:
+        """Take in what the inbox brought: finished records, and ids whose record is read."""
+        self._absorb([t for t, record in entries if record is None],
+                     [record for _, record in entries if record is not None])
+
+    def _absorb(self, task_ids: list[str], records: list[TaskRecord] | None = None) -> None:
         fresh = [t for t in dict.fromkeys(task_ids) if t not in self.results]
-        if not fresh:
-            return
-        for record in self.records.get_many(fresh, with_request=False):
-            if record is not None and record.done:
+        read = self.records.get_many(fresh, with_request=False) if fresh else []
+        for record in [*(records or []), *read]:
+            if record is not None and record.done and record.task_id not in self.results:
                 self._last_arrival = time.monotonic()
                 self._arrived.append(record.task_id)
                 self.results[record.task_id] = self._value_of(record)

@@ -20,6 +20,7 @@ from typing import Any
 
 import redis
 
+from ..errors import StoreError
 from ..keys import KeyRing
 from ..names import Names
 from ..protocol import open_envelope, seal
@@ -42,18 +43,22 @@ _TRANSITION = """
 local prefix = ARGV[1]
 local out = {}
 local i = 2
+-- The record's bookkeeping fields, then its result fields (positions in R, from 6 on).
+local R = {RESULT_POSITIONS}
 while i <= #ARGV do
   local task, tid, allowed, new, ck, eidx = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
   local first, n = i + 7, tonumber(ARGV[i + 6])
   i = first + 2 * n
-  local m = redis.call('HMGET', task, 'status', '_claimed_key', '_pending_key', '_inbox', '_notify', 'attempts', '_seq')
-  local st, attempts = m[1], m[6] or '0'
+  local m = redis.call('HMGET', task, '_claimed_key', '_pending_key', '_inbox', '_notify', '_seq', RESULT_FIELDS_LUA)
+  local st, attempts = m[R.status], m[R.attempts] or '0'
+  -- The claimed-set key in the record says who holds the claim (kept with the set's membership).
+  local ours = ck ~= '' and m[1] == ck
   if not st then
     out[#out + 1] = {'missing', ''}
-  elseif new == 'running' and st == 'running' and ck ~= '' and redis.call('SISMEMBER', ck, tid) == 1 then
+  elseif new == 'running' and st == 'running' and ours then
     -- Our own claim, repeated after a lost reply: still ours.
     out[#out + 1] = {'ok', st, attempts}
-  elseif new ~= 'running' and st == 'running' and ck ~= '' and redis.call('SISMEMBER', ck, tid) == 0 then
+  elseif new ~= 'running' and st == 'running' and ck ~= '' and not ours then
     -- Only the claim's holder starts, finishes or releases it.
     out[#out + 1] = {'refused', st}
   elseif new == 'started' then
@@ -69,46 +74,74 @@ while i <= #ARGV do
   elseif not string.find(',' .. allowed .. ',', ',' .. st .. ',', 1, true) then
     out[#out + 1] = {'refused', st}
   else
-    local set = {'HSET', task, 'status', new}
-    for j = first, first + 2 * n - 1 do set[#set + 1] = ARGV[j] end
+    local set, given = {'HSET', task, 'status', new}, {}
+    for j = first, first + 2 * n - 1, 2 do
+      set[#set + 1] = ARGV[j]
+      set[#set + 1] = ARGV[j + 1]
+      given[ARGV[j]] = ARGV[j + 1]
+    end
     if new == 'running' then
       attempts = tostring(tonumber(attempts) + 1)
       set[#set + 1] = 'attempts'
       set[#set + 1] = attempts
       set[#set + 1] = '_claimed_key'
       set[#set + 1] = ck
+    elseif given['attempts'] then
+      attempts = given['attempts']
     end
     redis.call(unpack(set))
-    if new == 'pending' then
-      -- A release sets attempts back.
-      attempts = redis.call('HGET', task, 'attempts') or attempts
-    end
     redis.call('SREM', prefix .. st, tid)
     redis.call('SADD', prefix .. new, tid)
-    if st == 'running' and m[2] then redis.call('SREM', m[2], tid) end
+    if st == 'running' and m[1] then redis.call('SREM', m[1], tid) end
     if eidx ~= '' then
       if new == 'pending' then redis.call('SREM', eidx, tid) else redis.call('SADD', eidx, tid) end
     end
     if new == 'running' then
       redis.call('SADD', ck, tid)
     elseif new == 'pending' then
-      if m[2] then redis.call('HDEL', task, '_claimed_key') end
+      if m[1] then redis.call('HDEL', task, '_claimed_key') end
     else
-      if m[3] then redis.call('SREM', m[3], tid) end
-      if m[4] then
-        redis.call('LPUSH', m[4], tid)
-        redis.call('EXPIRE', m[4], 86400)
+      if m[2] then redis.call('SREM', m[2], tid) end
+      if m[3] then
+        -- The client's inbox gets the finished record itself (its result fields, each as
+        -- <length>:<bytes>, or - when absent), unless it is large: then just the task id.
+        local entry, parts, size = tid, {'\\0'}, 0
+        given['status'], given['attempts'] = new, attempts
+        for k = 6, #m do
+          local v = given[RESULT_NAMES[k - 5]] or m[k]
+          if v then
+            parts[#parts + 1] = #v .. ':' .. v
+            size = size + #v
+          else
+            parts[#parts + 1] = '-'
+          end
+        end
+        if size <= INLINE_MAX then entry = table.concat(parts) end
+        if redis.call('LPUSH', m[3], entry) == 1 then redis.call('EXPIRE', m[3], INBOX_TTL) end
       end
-      if m[5] then redis.call('LPUSH', m[5], tid) end
-      if m[7] then redis.call('ZREM', KEYS[1], tid) end
+      if m[4] then redis.call('LPUSH', m[4], tid) end
+      if m[5] then redis.call('ZREM', KEYS[1], tid) end
       -- Bookkeeping a finished record no longer needs (keeps finished records small).
-      redis.call('HDEL', task, '_claimed_key', '_pending_key', '_inbox', '_notify', '_seq')
+      local drop = {'HDEL', task}
+      local names = {'_claimed_key', '_pending_key', '_inbox', '_notify', '_seq'}
+      for k = 1, 5 do if m[k] then drop[#drop + 1] = names[k] end end
+      if #drop > 2 then redis.call(unpack(drop)) end
     end
     out[#out + 1] = {'ok', st, attempts}
   end
 end
 return out
 """
+# A finished record rides in its client's inbox when its result fields are this small.
+INLINE_MAX = 4096
+# Only a live client reads its inbox (a new Client has a new one, and finds older results by
+# their status): entries nobody popped within this long are garbage.
+INBOX_TTL_S = 3600
+_TRANSITION = (_TRANSITION.replace("RESULT_FIELDS_LUA", ", ".join(f"'{f}'" for f in RESULT_FIELDS))
+               .replace("RESULT_POSITIONS", ", ".join(f"{f} = {n + 6}" for n, f in enumerate(RESULT_FIELDS)))
+               .replace("INLINE_MAX", str(INLINE_MAX)).replace("INBOX_TTL", str(INBOX_TTL_S)))
+_TRANSITION = _TRANSITION.replace("local R = {", "local RESULT_NAMES = {" + ", ".join(
+    f"'{f}'" for f in RESULT_FIELDS) + "}\nlocal R = {", 1)
 
 # Back to the scheduler: a load-balanced task that failed with retries left, whose depend
 # did not hold on its engine, or whose engine was lost. KEYS: task, scheduler pending zset,
@@ -528,7 +561,10 @@ class Records:
         """Task ids the scheduler must look at again; waits up to ``timeout_s``."""
         return self._pop(self.names.scheduler_events, timeout_s)
 
-    def _pop(self, key: str, timeout_s: float, most: int = 1000) -> list[str]:
+    def _pop(self, key: str, timeout_s: float) -> list[str]:
+        return [v.decode() for v in self._pop_raw(key, timeout_s)]
+
+    def _pop_raw(self, key: str, timeout_s: float, most: int = 1000) -> list[bytes]:
         """Up to ``most`` entries of the list ``key``, oldest first, waiting up to ``timeout_s``
         for the first (one round trip either way)."""
         with translate_errors():
@@ -536,7 +572,7 @@ class Records:
                 popped = self.redis.lmpop(1, key, direction="RIGHT", count=most)
             else:
                 popped = self.redis.blmpop(timeout_s, 1, key, direction="RIGHT", count=most)
-        return [v.decode() for v in popped[1]] if popped else []
+        return list(popped[1]) if popped else []
 
     def assign(self, task_id: str, engine_id: int) -> int:
         """Record that the scheduler routed a task to an engine (see ``_ASSIGN``)."""
@@ -590,9 +626,10 @@ class Records:
                 pipe.hget(self.names.task(task_id), "status")
             return [v.decode() if v is not None else None for v in pipe.execute()]
 
-    def pop_inbox(self, client_id: str, timeout_s: float) -> list[str]:
-        """Task ids whose outcome was recorded for this client; waits up to ``timeout_s``."""
-        return self._pop(self.names.client_inbox(client_id), timeout_s)
+    def pop_inbox(self, client_id: str, timeout_s: float) -> list[tuple[str, TaskRecord | None]]:
+        """Tasks whose outcome was recorded for this client, with the finished record when it
+        came along (else None: read it with ``get_many``); waits up to ``timeout_s``."""
+        return [inbox_entry(raw) for raw in self._pop_raw(self.names.client_inbox(client_id), timeout_s)]
 
     def set_scheme(self, scheme: str) -> None:
         with translate_errors():
@@ -620,6 +657,31 @@ class Records:
     def counter(self, name: str) -> int:
         with translate_errors():
             return int(self.redis.get(self.names.counter(name)) or 0)
+
+
+def inbox_entry(raw: bytes) -> tuple[str, TaskRecord | None]:
+    """A task id, or a finished record packed by ``_TRANSITION``, as (task id, record or None).
+
+    Raises:
+        StoreError: a packed entry that does not parse.
+    """
+    if not raw.startswith(b"\0"):
+        return raw.decode(), None
+    fields: dict[bytes, bytes] = {}
+    pos = 1
+    try:
+        for name in RESULT_FIELDS:
+            if raw[pos : pos + 1] == b"-":
+                pos += 1
+                continue
+            colon = raw.index(b":", pos)
+            end = colon + 1 + int(raw[pos:colon])
+            fields[name.encode()] = raw[colon + 1 : end]
+            pos = end
+        task_id = fields[b"task_id"].decode()
+    except (ValueError, KeyError) as exc:
+        raise StoreError(f"malformed inbox entry: {exc}") from exc
+    return task_id, TaskRecord.decode(task_id, fields)
 
 
 def error_fields(ename: str, evalue: str, traceback: str = "") -> dict[str, str]:
