@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from queue import Empty
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ class Delivery:
     redelivered: bool
     routing_key: str
     headers: dict[str, Any] = field(default_factory=dict)
+    queue: str = ""
 
 
 class Consumer:
@@ -48,7 +50,9 @@ class Consumer:
         self.on_message = on_message
         self.prefetch = prefetch
         self.on_reconnect = on_reconnect
-        self._consumer_tags: list[str] = []
+        self._tags: dict[str, str] = {}  # queue -> consumer tag, on this connection
+        self._queue_of: dict[str, str] = {}  # consumer tag -> queue
+        self._shed: set[str] = set()  # queues not consumed for now (see ``shed``)
         self._generation = -1
         # Delivery tags of this connection not acked or rejected yet (touched on the I/O thread only).
         self._unsettled: set[int] = set()
@@ -57,7 +61,7 @@ class Consumer:
 
     def _start(self) -> None:
         channel = self.link.open()
-        if self._generation == self.link.generation and self._consumer_tags:
+        if self._generation == self.link.generation:
             return
         if self._generation != -1:
             # The broker closed our channel (e.g. its consumer timeout) or the connection:
@@ -67,11 +71,16 @@ class Consumer:
                 self.on_reconnect()
         self._unsettled = set()
         channel.basic_qos(prefetch_count=self.prefetch)
-        self._consumer_tags = [
-            channel.basic_consume(queue, self._on_delivery, auto_ack=False) for queue in self.setup(channel)
-        ]
+        self._tags, self._queue_of = {}, {}
+        for queue in self.setup(channel):
+            if queue not in self._shed:
+                self._consume(channel, queue)
         self._generation = self.link.generation
         self.ready.set()
+
+    def _consume(self, channel: Any, queue: str) -> None:
+        tag = channel.basic_consume(queue, self._on_delivery, auto_ack=False)
+        self._tags[queue], self._queue_of[tag] = tag, queue
 
     def _on_delivery(self, channel: Any, method: Any, props: Any, body: bytes) -> None:
         delivery = Delivery(
@@ -81,6 +90,7 @@ class Consumer:
             redelivered=bool(method.redelivered),
             routing_key=method.routing_key,
             headers=dict(props.headers or {}),
+            queue=self._queue_of.get(method.consumer_tag, ""),
         )
         self._unsettled.add(delivery.tag)
         self.on_message(delivery)
@@ -107,7 +117,6 @@ class Consumer:
             except RECOVERABLE as exc:
                 self.ready.clear()
                 log.warning("broker connection lost (%s: %s); reconnecting", type(exc).__name__, exc)
-                self._consumer_tags = []
                 self.link.close()
 
     def _call(self, fn: Callable[[], None]) -> None:
@@ -152,9 +161,50 @@ class Consumer:
 
         def do() -> None:
             if self.link.channel is not None:
-                for tag in self._consumer_tags:
+                for tag in self._tags.values():
                     self.link.channel.basic_cancel(tag)
-            self._consumer_tags = []
+            self._tags = {}
+
+        self._call(do)
+
+    def shed(self, queue: str, buffer: Any) -> None:
+        """Stop consuming ``queue`` for now and give back what it delivered that still waits
+        in ``buffer`` (the queue.Queue ``on_message`` feeds; other deliveries keep their
+        order), so that other consumers take it: for a worker busy with a long task."""
+
+        def do() -> None:
+            self._shed.add(queue)
+            channel = self.link.channel
+            tag = self._tags.pop(queue, None)
+            if channel is None:
+                return
+            if tag is not None:
+                # pika gives back, one by one, what arrives for the tag until the cancel is done.
+                channel.basic_cancel(tag)
+            kept = []
+            while True:
+                try:
+                    delivery = buffer.get_nowait()
+                except Empty:
+                    break
+                if delivery.queue != queue:
+                    kept.append(delivery)
+                elif delivery.generation == self.link.generation and delivery.tag in self._unsettled:
+                    self._unsettled.discard(delivery.tag)
+                    channel.basic_reject(delivery.tag, requeue=True)
+            for delivery in kept:
+                buffer.put(delivery)
+
+        self._call(do)
+
+    def resume(self, queue: str) -> None:
+        """Consume ``queue`` again after ``shed`` (not while paused)."""
+
+        def do() -> None:
+            self._shed.discard(queue)
+            channel = self.link.channel
+            if channel is not None and not self._paused.is_set() and queue not in self._tags:
+                self._consume(channel, queue)
 
         self._call(do)
 

@@ -116,6 +116,7 @@ class Engine:
         self._stop_requests = 0
         self._activated = False
         self._batch = 1
+        self._aside = False  # not taking from the shared queue while a long task runs
         self._owed: tuple[str, str, dict[str, Any]] | None = None  # an outcome sent, reply not read
         self.metrics = Metrics()
 
@@ -334,6 +335,13 @@ class Engine:
         elif batch.cut < size or time.monotonic() > batch.window_end:
             self._batch = 1
 
+    def _step_aside(self) -> None:
+        """A task outlasts the batch window: the shared queue's other tasks should not wait
+        behind it here. Stop taking from that queue until it ends, and give back what the
+        queue already delivered here (tasks routed to this engine stay)."""
+        self._aside = True
+        self.consumer.shed(self.names.work_queue, self._deliveries)
+
     def _settle_owed(self) -> None:
         """Take the reply of the outcome sent ahead (``finish_soon``), sending it again if
         Redis failed meanwhile."""
@@ -390,7 +398,8 @@ class Engine:
         started = time.monotonic()
         # Long tasks hand custody to the record in Redis, so the broker's consumer timeout
         # never closes our channel; a reaper settles the record if this engine dies.
-        after = [(self.settings.custody_after_s, job.ack)]
+        after = [(self.settings.custody_after_s, job.ack),
+                 (self.settings.batch_window_s, self._step_aside)]
         if index + 1 < batch.cut:
             after.append((max(batch.window_end - started, 0.0), lambda: self._release_rest(batch, index)))
         self.metrics.in_progress.inc()
@@ -399,6 +408,9 @@ class Engine:
         finally:
             self.metrics.in_progress.dec()
             self.metrics.run_seconds.observe(time.monotonic() - started)
+            if self._aside and not self._draining.is_set():
+                self._aside = False
+                self.consumer.resume(self.names.work_queue)
         if header.get("lb") and self._retry_store(lambda: self._hand_back(task_id, header, outcome)):
             self.metrics.tasks.labels("requeued").inc()
             batch.acks.append(job)
@@ -423,7 +435,7 @@ class Engine:
 
     def _refuse(self, delivery: Delivery, ack: AckOnce, exc: SignatureError) -> None:
         self.metrics.dead_lettered.labels(exc.reason).inc()
-        source = self.names.work_queue if delivery.routing_key == self.names.work_queue else \
+        source = self.names.work_queue if delivery.queue == self.names.work_queue else \
             self.names.engine_queue(self.engine_id)
         if dead_letter(self.publisher, self.names, self.records, delivery.body, exc, source):
             ack()
