@@ -48,12 +48,14 @@ class Settings:
     heartbeat_interval_s: float = 2.0
     engine_timeout_s: float = 10.0
     max_engines: int = 511
-    # Messages an engine takes from its queue ahead of the one it runs.
-    prefetch: int = 16
+    # Messages an engine takes from each of its queues ahead of the one it runs: enough for two
+    # full batches, so the next batch is already here when one closes. An engine busy with a
+    # long task gives back what the shared queue delivered ahead, so this costs no fairness.
+    prefetch: int = 64
     # Most tasks an engine claims together (one Redis round trip and one ack for all), and how
     # long such a batch may run before what has not started goes back to the queue. The batch
     # grows only while tasks are quick; 1 turns batching off.
-    batch_max: int = 16
+    batch_max: int = 32
     batch_window_s: float = 0.05
     # Cap on captured stdout/stderr per task, in bytes.
     output_cap_bytes: int = 65536

@@ -31,6 +31,8 @@ _SIG_LEN = 32
 _PREFIX = len(MAGIC) + _KID_LEN + _SIG_LEN + 4
 # A clock a little ahead on the sender must not make fresh messages look forged.
 _FUTURE_SLACK_S = 300.0
+# Built once: json.dumps with separators builds an encoder on every call.
+_encode_header = json.JSONEncoder(separators=(",", ":")).encode
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ def seal(ring: KeyRing, header: Mapping[str, Any], payload: bytes = b"", stamp: 
     if stamp:
         full.setdefault("ts", time.time())
         full.setdefault("mid", new_id())
-    head = json.dumps(full, separators=(",", ":")).encode()
+    head = _encode_header(full).encode()
     kid = ring.signing_id.encode("ascii")
     body = struct.pack(">I", len(head)) + head + payload
     sig = hmac.new(ring.signing_key, MAGIC + kid + body, hashlib.sha256).digest()

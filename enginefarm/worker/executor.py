@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import select
 import signal
 import socket
 import subprocess
@@ -59,6 +60,9 @@ class Executor:
         )
         child.close()
         self.conn = Connection(parent.detach())
+        # One poller for the child's life: Connection.poll builds a selector on every call.
+        self._poller = select.poll()
+        self._poller.register(self.conn.fileno(), select.POLLIN)
 
     @property
     def pid(self) -> int | None:
@@ -89,7 +93,7 @@ class Executor:
             while late and time.monotonic() >= late[0][0]:
                 late.pop(0)[1]()
             try:
-                if self.conn.poll(0.05):
+                if self._poller.poll(50):
                     raw = self.conn.recv_bytes()
                     return Outcome(**pickle.loads(raw))
             except (EOFError, OSError):

@@ -21,8 +21,8 @@ def test_defaults_with_empty_environment():
     assert s.amqp_url == "amqp://guest:guest@127.0.0.1:5672/%2F"
     assert s.redis_url == "redis://127.0.0.1:6379/0"
     assert (s.heartbeat_interval_s, s.engine_timeout_s) == (2.0, 10.0)
-    assert s.amqp_heartbeat_s == 30 and s.prefetch == 16
-    assert (s.batch_max, s.batch_window_s) == (16, 0.05)
+    assert s.amqp_heartbeat_s == 30 and s.prefetch == 64
+    assert (s.batch_max, s.batch_window_s) == (32, 0.05)
 
 
 def test_environment_overrides_defaults_with_converted_types():
