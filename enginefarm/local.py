@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import importlib
 import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from typing import Any
 
 from .config import ENV_PREFIX, Settings
 from .errors import EnginefarmError
+from .forked import Forked
 from .keys import KeyRing
 from .names import Names
 from .store import Registry, connect
@@ -33,7 +34,8 @@ def settings_env(settings: Settings, base: dict[str, str] | None = None) -> dict
     return env
 
 
-def _die_with_parent() -> None:
+def _detach() -> None:
+    os.setsid()  # the terminal's Ctrl-C reaches only the cluster command; it forwards one SIGTERM
     # Engines drain (SIGTERM) if the foreground command disappears without stopping them.
     try:
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
@@ -48,17 +50,16 @@ class LocalCluster:
         self.count = engines
         self.properties = properties or []
         self.extra_args = extra_args or []
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.procs: list[Forked] = []
         self._stop = threading.Event()
 
-    def spawn(self, args: list[str]) -> subprocess.Popen[bytes]:
+    def spawn(self, args: list[str]) -> Forked:
+        """Fork a daemon that runs ``enginefarm <args>``, as if started by that command."""
+        from .cli import main
+
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "enginefarm", "--log-level", level, *args],
-            env=settings_env(self.settings),
-            start_new_session=True,  # the terminal's Ctrl-C reaches only us; we forward one SIGTERM
-            preexec_fn=_die_with_parent,
-        )
+        proc = Forked(lambda: main.main(args=["--log-level", level, *args], prog_name="enginefarm"),
+                      settings_env(self.settings), _detach)
         self.procs.append(proc)
         return proc
 
@@ -69,12 +70,16 @@ class LocalCluster:
             EnginefarmError: the key is unusable, or the engines did not come up in time.
         """
         KeyRing.from_files(self.settings.resolved_key_file, self.settings.old_key_files)
-        self.spawn(["scheduler", "--cluster", self.settings.cluster])
+        # Imported once here, before any thread or connection exists, for every fork to share.
+        for module in ("enginefarm.worker.engine", "enginefarm.schedulers.daemon"):
+            importlib.import_module(module)
         args = ["engine", "--cluster", self.settings.cluster]
         for prop in self.properties:
             args += ["--property", prop]
         for _ in range(self.count):
             self.spawn(args + self.extra_args)
+        # The engines are what the first result waits for; the scheduler only for queued work.
+        self.spawn(["scheduler", "--cluster", self.settings.cluster])
         return self.wait_registered(timeout_s)
 
     def wait_registered(self, timeout_s: float) -> list[int]:
