@@ -22,7 +22,7 @@ from .store import Registry, connect
 
 log = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
+_PR_SET_NAME, _PR_SET_PDEATHSIG = 15, 1
 
 
 def settings_env(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -34,11 +34,14 @@ def settings_env(settings: Settings, base: dict[str, str] | None = None) -> dict
     return env
 
 
-def _detach() -> None:
+def _detach(role: str) -> None:
     os.setsid()  # the terminal's Ctrl-C reaches only the cluster command; it forwards one SIGTERM
-    # Engines drain (SIGTERM) if the foreground command disappears without stopping them.
     try:
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        libc = ctypes.CDLL(None)
+        # Engines drain (SIGTERM) if the foreground command disappears without stopping them.
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        # A fork keeps the cluster command's command line: its name in ps and top says what it is.
+        libc.prctl(_PR_SET_NAME, ctypes.c_char_p(f"ef-{role}".encode()[:15]), 0, 0, 0)
     except (OSError, AttributeError):
         pass
 
@@ -59,7 +62,7 @@ class LocalCluster:
 
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         proc = Forked(lambda: main.main(args=["--log-level", level, *args], prog_name="enginefarm"),
-                      settings_env(self.settings), _detach)
+                      settings_env(self.settings), lambda: _detach(args[0]))
         self.procs.append(proc)
         return proc
 

@@ -4,7 +4,8 @@ Threads of the supervisor:
 - main: the broker I/O loop (deliveries, acks, AMQP heartbeats); never blocks on user code;
 - worker: takes deliveries one at a time, claims the task in Redis, runs it in the child,
   records the outcome, then acks;
-- heartbeat: refreshes liveness in Redis and reaps peers that stopped heartbeating.
+- heartbeat: refreshes liveness in Redis;
+- upkeep: reaps peers that stopped heartbeating and culls old history.
 """
 
 from __future__ import annotations
@@ -118,6 +119,7 @@ class Engine:
         self._batch = 1
         self._aside = False  # not taking from the shared queue while a long task runs
         self._owed: tuple[str, str, dict[str, Any]] | None = None  # an outcome sent, reply not read
+        self._reaping = threading.Lock()  # the reaper's broker connection serves one thread at a time
         self.metrics = Metrics()
 
     # --- lifecycle -----------------------------------------------------------------
@@ -169,6 +171,7 @@ class Engine:
         threads = [
             threading.Thread(target=self._work, name="worker", daemon=True),
             threading.Thread(target=self._beat, name="heartbeat", daemon=True),
+            threading.Thread(target=self._upkeep, name="upkeep", daemon=True),
         ]
         for thread in threads:
             thread.start()
@@ -501,7 +504,8 @@ class Engine:
 
     def _leave(self) -> None:
         """Clean exit: settle what was routed here, remove the queue, free the id."""
-        self._retry_store(lambda: self.reaper.reap(self.engine_id, "shut down"))
+        with self._reaping:
+            self._retry_store(lambda: self.reaper.reap(self.engine_id, "shut down"))
 
     # --- heartbeat thread ----------------------------------------------------------
     def _beat(self) -> None:
@@ -525,11 +529,18 @@ class Engine:
                 if not self._draining.is_set():
                     self._declared_dead()
                 return
-            if self._draining.is_set():
+
+    # --- upkeep thread -------------------------------------------------------------
+    # Recovering a dead peer and culling history can take seconds on a loaded machine; on
+    # their own thread they never delay our heartbeat past the engine timeout.
+    def _upkeep(self) -> None:
+        while not self._stop_io.wait(self.settings.heartbeat_interval_s):
+            if self._draining.is_set() or not self._activated:
                 continue
             try:
-                self.reaper.broker.keepalive()
-                self.metrics.engine_deaths.inc(len(self.reaper.reap_stale()))
+                with self._reaping:
+                    self.reaper.broker.keepalive()
+                    self.metrics.engine_deaths.inc(len(self.reaper.reap_stale()))
                 self.metrics.engines.set(len(self.registry.live_ids()))
                 self.history.cull(self.settings.result_ttl_s, self.settings.max_records)
             except EnginefarmError as exc:

@@ -59,7 +59,17 @@ def executions(log_path: str) -> Counter[str]:
     if not os.path.exists(log_path):
         return Counter()
     with open(log_path) as handle:
-        return Counter(line.strip() for line in handle if line.strip())
+        return Counter(line.split()[0] for line in handle if line.strip())
+
+
+def ran_again(log_path: str) -> dict[str, list[str]]:
+    """Keys that ran more than once, with the pids of the processes that ran them."""
+    runs: dict[str, list[str]] = {}
+    with open(log_path) as handle:
+        for line in handle:
+            key, _, pid = line.strip().partition(" ")
+            runs.setdefault(key, []).append(pid)
+    return {key: pids for key, pids in runs.items() if len(pids) > 1}
 
 
 def tally(client: Client, task_ids: list[str], log_path: str, keys: dict[str, str]) -> Tally:

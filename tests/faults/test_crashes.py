@@ -16,7 +16,7 @@ from enginefarm.local import settings_env
 
 from ..harness import wait_for
 from . import work
-from .conftest import executions, report, tally
+from .conftest import executions, ran_again, report, tally
 
 
 def submit(client: Client, log: str, count: int, sleep_s=0.0, prefix: str = "t", **options) -> tuple[list[str], dict[str, str]]:
@@ -24,6 +24,11 @@ def submit(client: Client, log: str, count: int, sleep_s=0.0, prefix: str = "t",
     sleeps = [sleep_s() if callable(sleep_s) else sleep_s for _ in keys]
     ids = client.submit_many([MapTask(work.run, (log, k, s), **options) for k, s in zip(keys, sleeps)])
     return ids, dict(zip(ids, keys))
+
+
+def children_of(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as handle:
+        return [int(p) for p in handle.read().split()]
 
 
 def test_1_baseline_5000_tasks_exactly_once(cluster, client, tmp_path):
@@ -49,13 +54,14 @@ def test_2_kill_engines_mid_task_under_load(cluster, client, tmp_path):
     started = time.monotonic()
     ids, keys = submit(client, log, 1000, sleep_s=lambda: rng.uniform(0.05, 0.5))
     # When an engine busy with a task is killed every few seconds, and a new one started
-    kills = 0
+    kills, killed = 0, []
     while kills < 8 and client.records.statuses(ids).count("completed") < 900:
         time.sleep(2.5)
         busy = [d for d in engines if d.proc.poll() is None and client.registry.running(d.engine_id)]
         if not busy:
             continue
         victim = rng.choice(busy)
+        killed.append((victim.proc.pid, children_of(victim.proc.pid)))
         victim.signal(signal.SIGKILL)
         victim.wait(30)
         engines.remove(victim)
@@ -68,7 +74,7 @@ def test_2_kill_engines_mid_task_under_load(cluster, client, tmp_path):
     assert kills >= 3
     assert t.lost == [] and t.duplicate_records == []
     assert t.statuses["completed"] == 1000
-    assert t.reruns <= kills
+    assert t.reruns <= kills, f"re-ran (key: pids): {ran_again(log)}; killed (supervisor, children): {killed}"
 
 
 def test_3_sigterm_drain_during_load(cluster, client, tmp_path):

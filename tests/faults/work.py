@@ -8,13 +8,14 @@ import cloudpickle
 
 
 def run(log_path: str, key: str, sleep_s: float = 0.0) -> str:
-    """Append one line per execution (O_APPEND keeps concurrent lines whole), then sleep."""
+    """Append one line per execution, the key and the process that ran it (O_APPEND keeps
+    concurrent lines whole), then sleep."""
     import os
     import time
 
     fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, f"{key}\n".encode())
+        os.write(fd, f"{key} {os.getpid()}\n".encode())
     finally:
         os.close(fd)
     if sleep_s:

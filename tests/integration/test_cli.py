@@ -36,6 +36,11 @@ def stat_fields(pid: int) -> list[str] | None:
         return None
 
 
+def comm(pid: int) -> str:
+    with open(f"/proc/{pid}/comm", encoding="ascii", errors="replace") as handle:
+        return handle.read().strip()
+
+
 def pid_alive(pid: int) -> bool:
     fields = stat_fields(pid)
     return fields is not None and fields[0] not in ("Z", "X")
@@ -164,6 +169,9 @@ def test_cluster_command_prints_ready_and_sigint_stops_everything(settings, clus
         spawned = descendants(proc.pid)
         # (a scheduler, two engines and each engine's child)
         assert engine_pids <= spawned and len(spawned) == 5
+        # each daemon named for what it is (they are forks of the cluster command)
+        assert sorted(comm(p) for p in spawned if stat_fields(p)[1] == str(proc.pid)) == \
+            ["ef-engine", "ef-engine", "ef-scheduler"]
         # When it gets SIGINT (Ctrl-C)
         proc.send_signal(signal.SIGINT)
         # Then it exits, and every process it started is gone, engines unregistered and their queues removed
