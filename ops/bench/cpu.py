@@ -16,21 +16,9 @@ import subprocess
 import sys
 import time
 
-from common import Workers, descendants
+from common import Workers, cpu_seconds, descendants
 
 import sys_enginefarm as ef
-from benchtasks import add  # noqa: F401  (imported here as in every scenario)
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_s(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def pids_of(command: str) -> list[int]:
@@ -62,14 +50,14 @@ def main() -> None:
             "RabbitMQ": pids_of("beam.smp"),
             "Redis": pids_of("redis-server"),
         }
-        before = {label: sum(cpu_s(p) for p in pids) for label, pids in groups.items()}
+        before = {label: sum(cpu_seconds(p) for p in pids) for label, pids in groups.items()}
         t0 = time.perf_counter()
         done = 0
         while done < total:
             ef.farm(c, 5000, 300)
             done += 5000
         elapsed = time.perf_counter() - t0
-        after = {label: sum(cpu_s(p) for p in pids) for label, pids in groups.items()}
+        after = {label: sum(cpu_seconds(p) for p in pids) for label, pids in groups.items()}
     finally:
         workers.stop()
         ef.cleanup(name)

@@ -55,21 +55,34 @@ class Tally:
         return sum(n - 1 for n in self.executions.values() if n > 1)
 
 
+def runs(log_path: str) -> dict[str, list[str]]:
+    """Each key's executions, as the pids of the processes that ran it (``work.run``'s log)."""
+    out: dict[str, list[str]] = {}
+    if os.path.exists(log_path):
+        with open(log_path) as handle:
+            for line in handle:
+                key, _, pid = line.strip().partition(" ")
+                if key:
+                    out.setdefault(key, []).append(pid)
+    return out
+
+
 def executions(log_path: str) -> Counter[str]:
-    if not os.path.exists(log_path):
-        return Counter()
-    with open(log_path) as handle:
-        return Counter(line.split()[0] for line in handle if line.strip())
+    return Counter({key: len(pids) for key, pids in runs(log_path).items()})
 
 
 def ran_again(log_path: str) -> dict[str, list[str]]:
     """Keys that ran more than once, with the pids of the processes that ran them."""
-    runs: dict[str, list[str]] = {}
-    with open(log_path) as handle:
-        for line in handle:
-            key, _, pid = line.strip().partition(" ")
-            runs.setdefault(key, []).append(pid)
-    return {key: pids for key, pids in runs.items() if len(pids) > 1}
+    return {key: pids for key, pids in runs(log_path).items() if len(pids) > 1}
+
+
+def children_of(pid: int) -> list[int]:
+    """The child processes of ``pid``, whichever of its threads started them."""
+    kids = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as handle:
+            kids += [int(k) for k in handle.read().split()]
+    return kids
 
 
 def tally(client: Client, task_ids: list[str], log_path: str, keys: dict[str, str]) -> Tally:

@@ -16,7 +16,7 @@ from enginefarm.local import settings_env
 
 from ..harness import wait_for
 from . import work
-from .conftest import executions, ran_again, report, tally
+from .conftest import children_of, executions, ran_again, report, tally
 
 
 def submit(client: Client, log: str, count: int, sleep_s=0.0, prefix: str = "t", **options) -> tuple[list[str], dict[str, str]]:
@@ -24,11 +24,6 @@ def submit(client: Client, log: str, count: int, sleep_s=0.0, prefix: str = "t",
     sleeps = [sleep_s() if callable(sleep_s) else sleep_s for _ in keys]
     ids = client.submit_many([MapTask(work.run, (log, k, s), **options) for k, s in zip(keys, sleeps)])
     return ids, dict(zip(ids, keys))
-
-
-def children_of(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as handle:
-        return [int(p) for p in handle.read().split()]
 
 
 def test_1_baseline_5000_tasks_exactly_once(cluster, client, tmp_path):

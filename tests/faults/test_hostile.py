@@ -17,7 +17,7 @@ from enginefarm.store.records import NewTask
 
 from ..harness import Cluster, wait_for
 from . import work
-from .conftest import Tally, executions, report
+from .conftest import Tally, children_of, executions, report
 
 
 def make_canary(path: str) -> None:
@@ -150,10 +150,7 @@ def rss_kb(pid: int) -> int:
 
 def child_pid(pid: int) -> int:
     """The engine's child process (started by whichever of its threads restarted it last)."""
-    kids = []
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{tid}/children") as handle:
-            kids += [int(k) for k in handle.read().split()]
+    kids = children_of(pid)
     assert len(kids) == 1, kids
     return kids[0]
 
