@@ -23,14 +23,16 @@ def dead_letter(publisher: Publisher, names: Names, records: Records, body: byte
     own dead-letter exchange keeps it (without our reason).
     """
     log.warning("dead-lettering a message from %s: %s", source_queue, error)
+    # Counted before it is published: whoever sees the letter then sees its count too. The
+    # count holds either way, since a failed publish falls back to the queue's own DLX.
+    try:
+        records.count(f"dead_lettered:{error.reason}")
+    except EnginefarmError:
+        log.warning("could not count a dead-lettered message", exc_info=True)
     try:
         publisher.publish(names.dead_exchange, "", body,
                           headers={REASON_HEADER: error.reason, SOURCE_HEADER: source_queue}, mandatory=False)
     except EnginefarmError:
         log.exception("could not dead-letter with a reason")
         return False
-    try:
-        records.count(f"dead_lettered:{error.reason}")
-    except EnginefarmError:
-        log.warning("could not count a dead-lettered message", exc_info=True)
     return True

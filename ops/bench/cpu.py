@@ -11,9 +11,9 @@ says how many tasks/s the machine can give at most with this split.
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
-import sys
 import time
 
 from common import Workers, cpu_seconds, descendants
@@ -27,9 +27,9 @@ def pids_of(command: str) -> list[int]:
 
 
 def main() -> None:
-    total = 20000
-    if "--tasks" in sys.argv:
-        total = int(sys.argv[sys.argv.index("--tasks") + 1])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tasks", type=int, default=20000, help="tasks to farm after the warm-up")
+    total = p.parse_args().tasks
     name = f"bench_cpu_{int(time.time())}"
     workers = Workers()
     try:

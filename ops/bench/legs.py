@@ -12,8 +12,8 @@ round trip.
 
 from __future__ import annotations
 
+import argparse
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -56,13 +56,11 @@ def ping_ms(gap_s: float, count: int = 300) -> float:
 
 
 def main() -> None:
-    name = f"bench_legs_{int(time.time())}"
-    count = 300
-    args = sys.argv[1:]
-    if "--name" in args:
-        name = args[args.index("--name") + 1]
-    if "--roundtrips" in args:
-        count = int(args[args.index("--roundtrips") + 1])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--name", default=f"bench_legs_{int(time.time())}", help="cluster name")
+    p.add_argument("--roundtrips", type=int, default=300, help="round trips of each kind")
+    args = p.parse_args()
+    name, count = args.name, args.roundtrips
     workers = Workers()
     try:
         ef.start_cluster(workers, name, 2)

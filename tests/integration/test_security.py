@@ -15,7 +15,10 @@ import pika
 import pytest
 
 from enginefarm import AsyncResult, Client, SignatureError, serialization
-from enginefarm.deadletter import REASON_HEADER, SOURCE_HEADER
+from enginefarm.broker import Publisher
+from enginefarm.broker.topology import declare_cluster
+from enginefarm.deadletter import REASON_HEADER, SOURCE_HEADER, dead_letter
+from enginefarm.errors import BrokerError
 from enginefarm.keys import KeyRing
 from enginefarm.protocol import _PREFIX, new_id, seal
 from enginefarm.store import Records
@@ -203,6 +206,42 @@ def test_signed_message_without_a_record_is_dead_lettered_not_run(cluster, clien
     assert records.counter("dead_lettered:replayed") == 1
     assert not canary.exists()
     assert records.get(req.task_id) is None
+
+
+class WatchedPublisher(Publisher):
+    """A real publisher that notes what the dead-letter count was as each message went out."""
+
+    def __init__(self, url: str, records: Records, fail: bool = False) -> None:
+        super().__init__(url, attempts=1)
+        self.records, self.fail, self.counts_seen = records, fail, []
+
+    def publish(self, exchange, routing_key, body, headers=None, mandatory=True, priority=None) -> None:
+        self.counts_seen.append(self.records.counter("dead_lettered:bad-signature"))
+        if self.fail:
+            raise BrokerError("broker unreachable")
+        super().publish(exchange, routing_key, body, headers, mandatory, priority)
+
+
+@pytest.mark.parametrize("publish_fails", [False, True])
+def test_a_dead_letter_is_counted_before_anyone_can_see_it(publish_fails, settings, cluster, amqp, records):
+    """Whoever reads a letter off the dead queue finds it counted already; a letter whose
+    publish fails (the caller then rejects it into the queue's own DLX) is counted too."""
+    names = cluster.names
+    declare_cluster(amqp.channel, names)
+    publisher = WatchedPublisher(settings.amqp_url, records, fail=publish_fails)
+    try:
+        sent = dead_letter(publisher, names, records, b"body", SignatureError("bad-signature", "test"),
+                           names.work_queue)
+    finally:
+        publisher.link.close()
+    assert sent is not publish_fails
+    assert publisher.counts_seen == [1]
+    assert records.counter("dead_lettered:bad-signature") == 1
+    letter = amqp.get(names.dead_queue)
+    if publish_fails:
+        assert letter is None
+    else:
+        assert letter[0].headers[REASON_HEADER] == "bad-signature" and letter[1] == b"body"
 
 
 def test_direct_request_rerouted_to_another_engine_does_not_run_there(cluster, client, amqp, ring, records,
