@@ -16,6 +16,10 @@ from .tasks import BaseTask, TaskResult
 if TYPE_CHECKING:
     from .client import Client
 
+# A large submission goes out in runs of 64, 128, ... tasks: the first reaches an engine at
+# once, and the later ones are big enough that a run's Redis write and publish cost little.
+FIRST_RUN, MAX_RUN = 64, 1024
+
 
 class TaskFarming:
     """Mixed into Client: load-balanced submission through the scheduler."""
@@ -53,12 +57,34 @@ class TaskFarming:
         """Record and publish (kind, header, pickled request) triples.
 
         Plain FIFO work goes straight to the engines' shared queue; tasks that need the
-        scheduler (depend, priority, or a LIFO/priority scheme) go through it.
+        scheduler (depend, priority, or a LIFO/priority scheme) go through it. Every size is
+        checked before anything is sent; then the tasks go out in growing runs, so engines
+        start on the first while the rest are sealed and recorded.
         """
-        scheme = self._scheme()
-        new, messages = [], []
-        for kind, header, payload in prepared:
+        for kind, _, payload in prepared:
             self.check_size(payload, f"the {kind} request")
+        scheme = self._scheme()
+        ids: list[str] = []
+        start, run = 0, FIRST_RUN
+        try:
+            while start < len(prepared):
+                new, messages = self._seal_run(prepared[start : start + run], scheme)
+                self.records.create(new, wait=False)
+                for task in new:
+                    self.history.append(task.task_id)
+                    self.outstanding.add(task.task_id)
+                    ids.append(task.task_id)
+                self.publisher.send(messages, confirm=False)
+                start, run = start + run, min(run * 2, MAX_RUN)
+            if confirm:
+                self.publisher.send([], confirm=True)
+        finally:
+            self.records.created()
+        return ids
+
+    def _seal_run(self: Client, prepared: list[tuple[str, dict[str, Any], bytes]],
+                  scheme: str | None) -> tuple[list[NewTask], list[Outgoing]]:
+        new, messages = [], []
         for kind, header, payload in prepared:
             task_id = new_id()
             body = seal(self.ring, {"task_id": task_id, "kind": kind, "client_id": self.client_id, **header},
@@ -70,16 +96,7 @@ class TaskFarming:
             else:
                 messages.append(Outgoing("", self.names.work_queue, body))
             new.append(NewTask(task_id, kind, self.client_id, body, None, extra))
-        for start in range(0, len(new), 1000):
-            self.records.create(new[start : start + 1000], wait=False)
-        for task in new:
-            self.history.append(task.task_id)
-            self.outstanding.add(task.task_id)
-        try:
-            self.publisher.send(messages, confirm=confirm)
-        finally:
-            self.records.created()
-        return [t.task_id for t in new]
+        return new, messages
 
     def _scheme(self: Client, max_age_s: float = 2.0) -> str | None:
         """The active scheduler's scheme, read at most every ``max_age_s``."""

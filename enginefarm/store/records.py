@@ -325,6 +325,7 @@ class Records:
         self._requeue = redis_client.register_script(_REQUEUE)
         self._assign = redis_client.register_script(_ASSIGN)
         self._enqueue = redis_client.register_script(_ENQUEUE)
+        self._next_stamp = 0.0
 
     # --- sealed values --------------------------------------------------------------
     def seal_value(self, task_id: str, what: str, data: bytes) -> bytes:
@@ -345,10 +346,12 @@ class Records:
         engine that is ever faster waits for it).
         """
         names = self.names
-        now = time.time()
+        # Distinct, increasing times keep submissions (and a batch sent in runs) in order in
+        # the history, however close together they come.
+        now = max(time.time(), self._next_stamp)
         args: list[Any] = [names.history, names.status_index(PENDING)]
+        position = -1
         for position, task in enumerate(tasks):
-            # Distinct, increasing times keep a batch in submission order in the history.
             submitted = repr(now + position * 1e-6)
             mapping: dict[str, Any] = {
                 "task_id": task.task_id,
@@ -370,6 +373,7 @@ class Records:
                      names.engine_index(task.engine_id) if targeted else "", len(mapping)]
             for key, value in mapping.items():
                 args += [key, value]
+        self._next_stamp = now + (position + 1) * 1e-6
         with translate_errors():
             if wait:
                 self._create(keys=[], args=args)

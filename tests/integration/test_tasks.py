@@ -185,6 +185,18 @@ def test_aborting_a_queued_task_is_not_a_security_event(client, one_engine, gate
 
 
 # --- barrier, spin, clear -------------------------------------------------------------------------
+def test_a_large_submission_goes_out_in_runs_in_order(client, two_engines):
+    """Engines start on the first tasks while the rest are still being sealed and recorded,
+    and the cluster's history keeps the submission order across the runs."""
+    count = 5000
+    ids = client.submit_many([MapTask(pow, (2, i % 10)) for i in range(count)])
+    assert client.barrier(ids, timeout=TIMEOUT_S * 3) is None
+    assert [client.results[t] for t in ids[:20]] == [2 ** (i % 10) for i in range(20)]
+    assert client.hub_history()[-count:] == ids
+    first, last = client.records.get_many([ids[0], ids[-1]])
+    assert first.started < last.submitted
+
+
 def test_barrier_waits_for_every_task(client, two_engines):
     def fails():
         raise RuntimeError("expected")
