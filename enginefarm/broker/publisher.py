@@ -31,6 +31,14 @@ class Outgoing:
     on_return: Callable[[], None] | None = None
 
 
+def output_buffers(connection: Any) -> collections.deque[bytes] | None:
+    """The frames a pika connection has waiting to go out, or None where its transport is not
+    the one this knows (pika keeps them in a private deque)."""
+    transport = getattr(getattr(connection, "_impl", None), "_transport", None)
+    buffers = getattr(transport, "_tx_buffers", None)
+    return buffers if isinstance(buffers, collections.deque) else None
+
+
 def coalesce_output(connection: Any) -> None:
     """Join the frames waiting to go out into one buffer.
 
@@ -38,9 +46,8 @@ def coalesce_output(connection: Any) -> None:
     and as many segments for the broker to read. Joined, a run of publishes leaves in a few.
     Where the transport is not the one this knows, frames go out as pika sends them.
     """
-    transport = getattr(getattr(connection, "_impl", None), "_transport", None)
-    buffers = getattr(transport, "_tx_buffers", None)
-    if isinstance(buffers, collections.deque) and len(buffers) > 1:
+    buffers = output_buffers(connection)
+    if buffers is not None and len(buffers) > 1:
         joined = b"".join(buffers)
         buffers.clear()
         buffers.append(joined)

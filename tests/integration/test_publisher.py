@@ -6,14 +6,16 @@ import pika
 import pytest
 
 from enginefarm.broker import Publisher
-from enginefarm.broker.publisher import Outgoing, coalesce_output
+from enginefarm.broker.publisher import Outgoing, coalesce_output, output_buffers
 from enginefarm.broker.topology import declare_cluster
 
 
 @pytest.fixture
-def publisher(settings):
+def publisher(settings, cluster):
+    """A publisher, with the cluster's queues declared."""
     handle = Publisher(settings.amqp_url)
     try:
+        declare_cluster(handle.channel, cluster.names)
         yield handle
     finally:
         handle.close()
@@ -38,13 +40,12 @@ def test_waiting_frames_are_joined_into_one_buffer(settings, cluster, publisher)
     """pika writes a message as three frames, each its own send(); the publisher joins them.
     (Fails if a pika release moves the buffer this reaches for: the join is then lost.)"""
     names = cluster.names
-    declare_cluster(publisher.channel, names)
     channel = publisher.link.connection.channel()
     props = pika.BasicProperties(delivery_mode=2)
     for i in range(3):
         channel._impl.basic_publish("", names.work_queue, b"m%d" % i, props)
-    buffers = publisher.link.connection._impl._transport._tx_buffers
-    assert len(buffers) >= 9  # method, header and body frame of each
+    buffers = output_buffers(publisher.link.connection)
+    assert buffers is not None and len(buffers) >= 9  # method, header and body frame of each
     coalesce_output(publisher.link.connection)
     assert len(buffers) == 1
     publisher.link.connection.process_data_events(0)
@@ -54,7 +55,6 @@ def test_waiting_frames_are_joined_into_one_buffer(settings, cluster, publisher)
 
 def test_a_run_of_messages_arrives_whole_and_in_order(settings, cluster, publisher):
     names = cluster.names
-    declare_cluster(publisher.channel, names)
     # Bodies of many sizes, some past a frame (128 KiB) so a message spans several body frames.
     bodies = [bytes([i % 251]) * (1 + (i * 7919) % 300_000) for i in range(60)]
     publisher.send([Outgoing("", names.work_queue, body) for body in bodies], confirm=True)

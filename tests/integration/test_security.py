@@ -233,7 +233,7 @@ def test_a_dead_letter_is_counted_before_anyone_can_see_it(publish_fails, settin
         sent = dead_letter(publisher, names, records, b"body", SignatureError("bad-signature", "test"),
                            names.work_queue)
     finally:
-        publisher.link.close()
+        publisher.close()
     assert sent is not publish_fails
     assert publisher.counts_seen == [1]
     assert records.counter("dead_lettered:bad-signature") == 1
