@@ -69,6 +69,11 @@ class Settings:
     max_records: int = 100_000
     # A signed message older than this is refused as stale (0 = no limit).
     max_message_age_s: float = 7 * 24 * 3600
+    # A scheduler dispatches a task it reads back from Redis (a retry, a hand-back, a backlog
+    # restored after a failover) only with a dispatch ticket sealed within this long; the
+    # active scheduler renews the tickets of tasks waiting for it. It bounds how long after
+    # the fact a Redis writer could make a finished task run again (SECURITY.md).
+    redispatch_window_s: float = 6 * 3600.0
     # Engines delivering a task hand it over to Redis after this long, so RabbitMQ's
     # consumer timeout never cuts a long task.
     custody_after_s: float = 600.0

@@ -50,6 +50,17 @@ class SignatureError(EnginefarmError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
+class DecodeError(EnginefarmError):
+    """A verified message header, or a field read back from Redis, is not what the task
+    model allows (see ``enginefarm.task``). ``reason`` counts it among dead letters."""
+
+    reason = "invalid"
+
+    def __init__(self, field: str, detail: str) -> None:
+        self.field = field
+        super().__init__(f"{field} {detail}")
+
+
 class SchedulingError(EnginefarmError):
     """A target or task cannot be scheduled."""
 

@@ -32,6 +32,9 @@ class Metrics:
                                registry=r)
         self.engine_deaths = Counter("enginefarm_engine_deaths_total",
                                      "Engines this process found dead and recovered from.", registry=r)
+        self.errors = Counter("enginefarm_errors_total",
+                              "Malformed items and unexpected failures a daemon logged and survived.",
+                              ["component", "kind"], registry=r)
         self.history_bytes = Gauge("enginefarm_redis_history_bytes",
                                    "Estimated Redis memory used by the cluster's task records.", registry=r)
         self.history_records = Gauge("enginefarm_redis_history_records",

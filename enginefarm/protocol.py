@@ -31,6 +31,8 @@ _SIG_LEN = 32
 _PREFIX = len(MAGIC) + _KID_LEN + _SIG_LEN + 4
 # A clock a little ahead on the sender must not make fresh messages look forged.
 _FUTURE_SLACK_S = 300.0
+# A header is a few hundred bytes; anything near this is hostile, and is refused before parsing.
+MAX_HEADER_BYTES = 64 * 1024
 # Built once: json.dumps with separators builds an encoder on every call.
 _encode_header = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -102,10 +104,12 @@ def open_envelope(
     (head_len,) = struct.unpack(">I", body[:4])
     if head_len > len(body) - 4:
         raise SignatureError("malformed", "header length past the end")
+    if head_len > MAX_HEADER_BYTES:
+        raise SignatureError("malformed", f"header of {head_len:,} bytes, over {MAX_HEADER_BYTES:,}")
     try:
         header = json.loads(body[4 : 4 + head_len])
-    except ValueError:
-        raise SignatureError("malformed", "header is not JSON") from None
+    except (ValueError, RecursionError):
+        raise SignatureError("malformed", "header is not JSON (or nested too deep)") from None
     if not isinstance(header, dict):
         raise SignatureError("malformed", "header is not an object")
     _check_age(header, max_age_s)
@@ -124,3 +128,20 @@ def _check_age(header: Mapping[str, Any], max_age_s: float) -> None:
     age = time.time() - sent
     if age > max_age_s or age < -_FUTURE_SLACK_S:
         raise SignatureError("stale", f"sent {age:.0f}s ago, limit {max_age_s:.0f}s")
+
+
+def peek_task_id(data: bytes) -> str | None:
+    """The task id a message claims, read WITHOUT verifying it.
+
+    Only for finding the record of a refused message, which the caller then compares with
+    the record's own signed request: never trust what this returns.
+    """
+    try:
+        (head_len,) = struct.unpack(">I", data[_PREFIX - 4 : _PREFIX])
+        if not data.startswith(MAGIC) or head_len > MAX_HEADER_BYTES:
+            return None
+        header = json.loads(data[_PREFIX : _PREFIX + head_len])
+    except (ValueError, RecursionError, struct.error):
+        return None
+    task_id = header.get("task_id") if isinstance(header, dict) else None
+    return task_id if isinstance(task_id, str) and 0 < len(task_id) <= 64 else None

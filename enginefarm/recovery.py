@@ -14,6 +14,7 @@ import time
 from .broker import BrokerConnection
 from .broker.topology import delete_queue
 from .names import Names
+from .schedulers import retry
 from .store import Records, Registry, TaskRecord
 from .store.records import PENDING, RUNNING, error_fields
 
@@ -99,25 +100,28 @@ class Reaper:
             if record is None or record.done:
                 continue
             # Claimed a few at a time: only a claimed task whose start was recorded ran.
-            was_running = record.status == RUNNING and record.started is not None
+            claimed = record.status == RUNNING
+            was_running = claimed and record.started is not None
             stage = "while running" if was_running else "before running"
             error = error_fields("EngineLost", f"engine {engine_id} {why} {stage} this task")
-            if record.extra.get("lb") == "1" and self._hand_back(record, engine_id, was_running, error):
+            if record.invalid:
+                # Nothing in it can be trusted to run it again: record the loss.
+                error["evalue"] += f" (its record does not decode: {record.invalid})"
+            elif self._hand_back(record, engine_id, claimed, was_running, error):
                 settled += 1
                 continue
             if self.records.fail(record.task_id, error, allowed=(PENDING, RUNNING)):
                 settled += 1
         return settled
 
-    def _hand_back(self, record: TaskRecord, engine_id: int, was_running: bool, error: dict[str, str]) -> bool:
-        """A load-balanced task goes back to the scheduler unless it has lost too many engines."""
-        if not was_running:
-            # A claim that never started does not count as an attempt.
-            return self.records.requeue(record.task_id, engine_id, "",
-                                        attempts_delta=-1 if record.status == RUNNING else 0)
-        lost = [e for e in record.extra.get("lost_on", "").split(",") if e]
-        if len(lost) + 1 >= self.max_engine_losses:
-            error["evalue"] += f" (it lost {len(lost) + 1} engines; giving up)"
+    def _hand_back(self, record: TaskRecord, engine_id: int, claimed: bool, was_running: bool,
+                   error: dict[str, str]) -> bool:
+        """Hand a task back to the scheduler when the retry policy says so."""
+        decision = retry.after_engine_loss(record.lb, claimed, was_running, len(record.lost_on), self.max_engine_losses)
+        if not decision.requeue:
+            error["evalue"] += decision.note
             return False
-        fields = {"last_error": json.dumps({**error, "engine_id": engine_id}), "failed_at": repr(time.time())}
-        return self.records.requeue(record.task_id, engine_id, "lost_on", fields=fields)
+        fields = {}
+        if decision.listed_as == "lost_on":
+            fields = {"last_error": json.dumps({**error, "engine_id": engine_id}), "failed_at": repr(time.time())}
+        return self.records.requeue(record.task_id, engine_id, decision.listed_as, decision.attempts_delta, fields)

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..errors import CompositeError, RemoteError, TimeoutError
+from ..task import RESULT_FIELDS
 from .progress import ProgressBar
 
 if TYPE_CHECKING:
@@ -16,10 +17,8 @@ if TYPE_CHECKING:
 class Metadata(dict):
     """Per-task metadata (seed 004): dict with attribute access to a fixed set of keys."""
 
-    KEYS = (
-        "task_id", "engine_id", "status", "submitted", "started", "completed",
-        "stdout", "stderr", "attempts", "error", "namespace_lost",
-    )
+    # The result fields of the record schema (``enginefarm.task``), less the sealed value.
+    KEYS = tuple(name for name in RESULT_FIELDS if name != "result")
     _KEYSET = frozenset(KEYS)
 
     def __init__(self, **values: Any) -> None:

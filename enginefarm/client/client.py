@@ -18,6 +18,7 @@ from ..names import Names
 from ..protocol import new_id, seal
 from ..recovery import Reaper
 from ..serialization import dumps, loads
+from ..task import TaskHeader
 from ..store import Stores, TaskRecord
 from ..store.records import ABORTED, COMPLETED, PENDING, NewTask, error_fields
 from .asyncresult import Metadata, MetadataStore
@@ -211,11 +212,11 @@ class Client(TaskFarming, HubMethods):
         tasks, bodies = [], []
         for engine_id in engine_ids:
             task_id = new_id()
-            head = {
+            head = TaskHeader.decode({
                 "task_id": task_id, "kind": kind, "client_id": self.client_id,
                 "engine_id": engine_id, **(header or {}),
-            }
-            body = seal(self.ring, head, payload)
+            })
+            body = seal(self.ring, head.encode(), payload)
             tasks.append(NewTask(task_id, kind, self.client_id, body, engine_id))
             bodies.append(body)
         self.records.create(tasks, wait=False)
@@ -343,6 +344,9 @@ class Client(TaskFarming, HubMethods):
                 self.outstanding.discard(record.task_id)
 
     def _value_of(self, record: TaskRecord) -> Any:
+        if record.invalid:
+            return RemoteError("DecodeError", f"the record of task {record.task_id} does not decode: {record.invalid}",
+                               task_id=record.task_id)
         if record.status == COMPLETED:
             try:
                 return loads(self.records.open_value(record.task_id, "result", record.result or b""), "the result")
@@ -371,16 +375,4 @@ class Client(TaskFarming, HubMethods):
 
 
 def metadata_of(record: TaskRecord) -> Metadata:
-    return Metadata(
-        task_id=record.task_id,
-        engine_id=record.engine_id,
-        status=record.status,
-        submitted=record.submitted,
-        started=record.started,
-        completed=record.completed,
-        stdout=record.stdout,
-        stderr=record.stderr,
-        attempts=record.attempts,
-        error=record.error,
-        namespace_lost=record.extra.get("namespace_lost") == "1",
-    )
+    return Metadata(**{key: getattr(record, key) for key in Metadata.KEYS})

@@ -10,6 +10,7 @@ from ..broker.publisher import Outgoing
 from ..errors import RemoteError, TaskError
 from ..protocol import new_id, seal
 from ..serialization import dumps
+from ..task import TaskHeader
 from ..store.records import ABORTED, PENDING, NewTask, error_fields
 from .tasks import BaseTask, TaskResult
 
@@ -87,8 +88,8 @@ class TaskFarming:
         new, messages = [], []
         for kind, header, payload in prepared:
             task_id = new_id()
-            body = seal(self.ring, {"task_id": task_id, "kind": kind, "client_id": self.client_id, **header},
-                        payload)
+            head = TaskHeader.decode({"task_id": task_id, "kind": kind, "client_id": self.client_id, **header})
+            body = seal(self.ring, head.encode(), payload)
             extra = {"lb": "1", "retries": str(header.get("retries", 0))}
             if header.get("depend") or header.get("priority") or scheme not in (None, "fifo"):
                 extra["_notify"] = self.names.scheduler_events

@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidEngineID, TaskError
-from ..protocol import open_envelope
-from ..store.records import TERMINAL
+from ..errors import InvalidEngineID, SignatureError, TaskError
+from ..task import TERMINAL, open_task
 from .asyncresult import AsyncResult
 
 if TYPE_CHECKING:
@@ -131,6 +130,8 @@ class HubMethods:
         Raises:
             TaskError: a task is unknown or still in flight.
             InvalidEngineID: a task targeted an engine that is gone.
+            SignatureError / DecodeError: a stored request is not a valid signed request of
+                its task (nothing is resubmitted then).
         """
         jobs = indices_or_task_ids
         ids = self.task_ids_of(jobs)
@@ -138,23 +139,29 @@ class HubMethods:
         # Check everything before submitting anything: a refusal leaves nothing half done.
         plans = []
         live = self.ids
-        for record in self.records.get_many(ids):
-            assert record is not None
+        for task_id, record in zip(ids, self.records.get_many(ids)):
+            if record is None:
+                raise TaskError(f"no task {task_id!r} in cluster {self.settings.cluster!r}")
             if not record.done:
                 raise TaskError(f"cannot resubmit task {record.task_id} while it is in flight")
-            envelope = open_envelope(self.ring, record.request or b"", expect={"task_id": record.task_id})
-            header = {k: v for k, v in envelope.header.items() if k not in ("task_id", "client_id", "ts", "mid")}
-            if not header.get("lb") and int(header["engine_id"]) not in live:
-                raise InvalidEngineID(f"task {record.task_id} targeted engine {header['engine_id']}, which is gone")
-            plans.append((record.kind, header, envelope.payload))
+            # What runs, and where, comes from the signed request alone; the record's own
+            # fields (kind, engine) are anyone's who can write to Redis.
+            message = open_task(self.ring, record.request or b"")
+            signed = message.header
+            if signed.task_id != record.task_id:
+                raise SignatureError("context", f"record {record.task_id} holds the request of task {signed.task_id}")
+            if not signed.lb and signed.engine_id not in live:
+                raise InvalidEngineID(f"task {record.task_id} targeted engine {signed.engine_id}, which is gone")
+            plans.append((signed, message.payload))
         new_ids = []
-        for kind, header, payload in plans:
-            if header.get("lb"):
-                new_ids += self._submit_sealed([(kind, header, payload)])
+        for signed, payload in plans:
+            header = {k: v for k, v in signed.encode().items()
+                      if k not in ("task_id", "client_id", "ts", "mid", "kind", "engine_id")}
+            if signed.lb:
+                new_ids += self._submit_sealed([(signed.kind.value, header, payload)])
             else:
-                engine_id = int(header.pop("engine_id"))
-                header.pop("kind", None)
-                new_ids += self._send_sealed(kind, payload, [engine_id], header)
+                assert signed.engine_id is not None  # a targeted header always names its engine
+                new_ids += self._send_sealed(signed.kind.value, payload, [signed.engine_id], header)
         result = AsyncResult(self, new_ids, single=isinstance(jobs, (str, int)), kind="resubmit")
         return result.get() if (self.block if block is None else block) else result
 

@@ -24,22 +24,19 @@ from ..broker import BrokerConnection, Consumer, Delivery, Publisher
 from ..broker.topology import declare_cluster
 from ..config import Settings
 from ..deadletter import dead_letter
-from ..errors import EnginefarmError, SignatureError, StoreError, UnroutableError
+from ..errors import DecodeError, EnginefarmError, SignatureError, StoreError, UnroutableError
+from ..incidents import Incidents
 from ..metrics import Metrics
 from ..systemd import notify
 from ..names import Names
-from ..protocol import open_envelope
 from ..recovery import Reaper
 from ..store import Stores, TaskRecord
 from ..store.leases import Lease
-from ..store.records import PENDING, TERMINAL
+from ..store.records import PENDING, TERMINAL, error_fields
+from ..task import TaskHeader, open_task
 from .policy import EngineLoad, PendingTask, plan, scheme_named
 
 log = logging.getLogger(__name__)
-
-
-def _ids(text: str) -> frozenset[int]:
-    return frozenset(int(p) for p in text.split(",") if p.strip())
 
 
 class Scheduler:
@@ -60,14 +57,18 @@ class Scheduler:
         self._next_housekeeping = 0.0
         self._next_census = 0.0
         self._next_reconcile = 0.0
+        self._next_renewal = 0.0
         self.exit_code = 0
         self.metrics = Metrics()
+        self.incidents = Incidents("scheduler", self.metrics)
 
     # --- lifecycle -----------------------------------------------------------------
     def setup(self) -> None:
         s = self.settings
         stores = Stores.open(s)
         self.ring, self.registry, self.records, self.history = stores.ring, stores.registry, stores.records, stores.history
+        self.incidents.counts = self.records
+        self.registry.on_invalid = lambda kind, message: self.incidents.note(kind, "%s", message)
         self.lease = Lease(stores.redis, self.names.scheduler_leader, self.identity, ttl_s=max(3.0, s.engine_timeout_s / 2))
         self.publisher = Publisher(s.amqp_url, s.amqp_heartbeat_s, f"enginefarm-scheduler-{s.cluster}-pub")
         self.reaper = Reaper(
@@ -131,18 +132,21 @@ class Scheduler:
         self.live = self.registry.live_ids()
         for engine_id in self.live:
             for record in self.records.get_many(sorted(self.registry.pending(engine_id))):
-                if record is not None and record.extra.get("lb") == "1" and not record.done:
-                    self._track(record.task_id, engine_id)
-                    if record.status == PENDING and record.request:
-                        # The last scheduler may have died between routing and publishing;
-                        # a second copy is refused by the engine's claim.
-                        self.publisher.publish(self.names.direct_exchange,
-                                               self.names.engine_routing_key(engine_id), record.request)
+                if record is None or record.done or record.invalid or self._header(record) is None:
+                    continue
+                self._track(record.task_id, engine_id)
+                if record.status == PENDING and self._dispatchable(record, strict=False):
+                    # The last scheduler may have died between routing and publishing;
+                    # a second copy is refused by the engine's claim.
+                    self.publisher.publish(self.names.direct_exchange,
+                                           self.names.engine_routing_key(engine_id), record.request or b"")
         backlog = self.records.scheduler_backlog()
         for record in self.records.get_many([t for t, _ in backlog]):
             if record is not None:
-                self._remember(record)
+                self._remember(record, strict=True)
         log.info("scheduler restored %d waiting and %d routed tasks", len(self.pending), len(self.engine_of))
+        # Every ticket it just accepted is fresh enough for a third of the window.
+        self._next_renewal = time.monotonic() + self.settings.redispatch_window_s / 3
         self._dispatch()
 
     def _track(self, task_id: str, engine_id: int) -> None:
@@ -154,41 +158,93 @@ class Scheduler:
         if engine_id is not None:
             self.assigned.get(engine_id, set()).discard(task_id)
 
-    def _remember(self, record: TaskRecord) -> None:
-        """Add a pending record to the backlog in memory."""
-        if record.status != PENDING or not record.request:
-            return
+    def _header(self, record: TaskRecord) -> TaskHeader | None:
+        """The signed header of a load-balanced record's request; None (noted, and the record
+        failed when its request itself is bad) for anything a scheduler must not dispatch."""
         try:
-            header = open_envelope(self.ring, record.request, expect={"task_id": record.task_id}).header
-        except SignatureError as exc:
-            log.error("task %s has a request that fails verification (%s); failing it", record.task_id, exc)
-            self.records.fail(record.task_id, {"ename": "SignatureError", "evalue": str(exc), "traceback": ""})
+            header = open_task(self.ring, record.request or b"").header
+            if header.task_id != record.task_id:
+                raise SignatureError("context", f"request of task {header.task_id} stored in record {record.task_id}")
+        except (SignatureError, DecodeError) as exc:
+            self.incidents.note("invalid-request", "task %s has a request that fails verification (%s); failing it",
+                                record.task_id, exc)
+            self.records.fail(record.task_id, error_fields(type(exc).__name__, str(exc)))
+            return None
+        if not header.lb:
+            # Everything that decides what runs comes from the signed request, never from the
+            # record: a targeted command is never the scheduler's to dispatch.
+            self.incidents.note("not-load-balanced", "task %s is a targeted %s; the scheduler leaves it alone",
+                                record.task_id, header.kind)
+            return None
+        return header
+
+    def _dispatchable(self, record: TaskRecord, strict: bool) -> bool:
+        """Whether a request read back from Redis may be dispatched: it needs a fresh ticket
+        (see ``Records.ticket``). Without one, ``strict`` fails the record (a backlog entry
+        nobody can dispatch any more), else it is left alone (it may be legitimately waiting
+        elsewhere, e.g. in the shared queue)."""
+        problem = self.records.ticket_problem(record)
+        if not problem:
+            return True
+        self.incidents.note("no-ticket", "task %s is not dispatched again: %s", record.task_id, problem)
+        if strict:
+            self.records.fail(record.task_id, error_fields(
+                "DispatchRefused", f"the scheduler cannot dispatch it again: {problem}; resubmit it"), allowed=(PENDING,))
+        return False
+
+    def _remember(self, record: TaskRecord, strict: bool = False) -> None:
+        """Add a pending record to the backlog in memory."""
+        if record.status != PENDING:
             return
-        extra = record.extra
-        self.bodies[record.task_id] = record.request
+        if record.invalid:
+            self.incidents.note("invalid-record", "task %s has a record that does not decode (%s); failing it",
+                                record.task_id, record.invalid)
+            self.records.fail(record.task_id, error_fields("DecodeError", f"its record does not decode: {record.invalid}"),
+                              allowed=(PENDING,))
+            return
+        header = self._header(record)
+        if header is None or not self._dispatchable(record, strict):
+            return
+        self.bodies[record.task_id] = record.request or b""
         self.pending[record.task_id] = PendingTask(
             task_id=record.task_id,
             seq=record.seq,
-            priority=int(header.get("priority", 0)),
-            needs_depend=bool(header.get("depend")),
-            unmet=_ids(extra.get("unmet", "")),
-            failed_on=_ids(extra.get("failed_on", "")),
-            failed_at=float(extra["failed_at"]) if extra.get("failed_at") else None,
+            priority=header.priority,
+            needs_depend=header.depend,
+            unmet=frozenset(record.unmet),
+            failed_on=frozenset(record.failed_on),
+            failed_at=record.failed_at,
         )
 
     # --- submissions ---------------------------------------------------------------
+    def _refuse(self, delivery: Delivery, exc: SignatureError | DecodeError) -> None:
+        self.metrics.dead_lettered.labels(exc.reason).inc()
+        if dead_letter(self.publisher, self.names, self.records, delivery.body, exc, self.names.tasks_queue):
+            self.consumer.ack(delivery)
+        else:
+            self.consumer.reject(delivery, requeue=False)
+
     def _on_submit(self, delivery: Delivery) -> None:
+        """One submission; an unexpected failure is noted and the message dead-lettered
+        (its record failed with the reason), never raised out of the broker loop."""
         try:
-            envelope = open_envelope(self.ring, delivery.body, self.settings.max_message_age_s)
-        except SignatureError as exc:
-            self.metrics.dead_lettered.labels(exc.reason).inc()
-            if dead_letter(self.publisher, self.names, self.records, delivery.body, exc, self.names.tasks_queue):
-                self.consumer.ack(delivery)
-            else:
-                self.consumer.reject(delivery, requeue=False)
+            self._submit(delivery)
+        except Exception:
+            self.incidents.note("submission", "scheduler could not handle a submission", traceback=True)
+            try:
+                self._refuse(delivery, DecodeError("message", "could not be handled by the scheduler"))
+            except Exception:
+                self.incidents.note("submission", "scheduler could not refuse a submission", traceback=True)
+
+    def _submit(self, delivery: Delivery) -> None:
+        try:
+            header = open_task(self.ring, delivery.body, self.settings.max_message_age_s).header
+            if not header.lb:
+                raise DecodeError("lb", "is false: a targeted command sent to the scheduler's queue")
+        except (SignatureError, DecodeError) as exc:
+            self._refuse(delivery, exc)
             return
-        header = envelope.header
-        task_id = str(header.get("task_id", ""))
+        task_id = header.task_id
         seq = time.time()
         try:
             queued = self.records.enqueue(task_id, seq)
@@ -197,13 +253,19 @@ class Scheduler:
             log.warning("cannot queue task %s: %s", task_id, exc)
             self.consumer.reject(delivery, requeue=True)
             return
+        if queued == 0 and not delivery.redelivered and self._finished_or_gone(task_id):
+            # A fresh publish of a task that already ended: a captured message sent again.
+            self._refuse(delivery, SignatureError("replayed", f"task {task_id} already finished or gone"))
+            return
         if queued == 1 or (queued == 2 and task_id not in self.pending and task_id not in self.engine_of):
             self.bodies[task_id] = delivery.body
-            self.pending[task_id] = PendingTask(
-                task_id, seq, int(header.get("priority", 0)), bool(header.get("depend")),
-            )
+            self.pending[task_id] = PendingTask(task_id, seq, header.priority, header.depend)
         self.consumer.ack(delivery)
         self._dispatch()
+
+    def _finished_or_gone(self, task_id: str) -> bool:
+        status = self.records.statuses([task_id])[0]
+        return status is None or status in TERMINAL
 
     # --- routing -------------------------------------------------------------------
     def _loads(self) -> list[EngineLoad]:
@@ -223,6 +285,8 @@ class Scheduler:
             self._dispatch_now()
         except EnginefarmError as exc:
             log.warning("scheduler could not dispatch: %s", exc)
+        except Exception:
+            self.incidents.note("dispatch", "scheduler failed dispatching", traceback=True)
 
     def _dispatch_now(self) -> None:
         if not self.pending or not self.live:
@@ -278,6 +342,8 @@ class Scheduler:
             self._take_events()
         except EnginefarmError as exc:
             log.warning("scheduler could not read task states: %s", exc)
+        except Exception:
+            self.incidents.note("events", "scheduler failed handling task events", traceback=True)
 
     def _take_events(self) -> None:
         task_ids: list[str] = []
@@ -295,20 +361,24 @@ class Scheduler:
             self._events.put(unique)  # looked at again on the next tick
             raise
         for task_id, record in zip(unique, records):
-            if record is None:  # purged
-                self._untrack(task_id)
-                self.pending.pop(task_id, None)
-                self.bodies.pop(task_id, None)
-                continue
-            self._untrack(record.task_id)
-            if record.done:
-                self.metrics.tasks.labels(record.status).inc()
-                self.pending.pop(record.task_id, None)
-                self.bodies.pop(record.task_id, None)
-                self.waiting_noted.discard(record.task_id)
-            elif record.status == PENDING and not record.routed:
-                self._remember(record)
+            try:
+                self._take_event(task_id, record)
+            except EnginefarmError as exc:
+                log.warning("scheduler could not handle task %s: %s", task_id, exc)
+            except Exception:
+                self.incidents.note("event", "scheduler failed handling an event of task %s", task_id, traceback=True)
         self._dispatch()
+
+    def _take_event(self, task_id: str, record: TaskRecord | None) -> None:
+        self._untrack(task_id)
+        if record is None or record.done:  # purged, or finished
+            if record is not None:
+                self.metrics.tasks.labels(record.status).inc()
+            self.pending.pop(task_id, None)
+            self.bodies.pop(task_id, None)
+            self.waiting_noted.discard(task_id)
+        elif record.status == PENDING and not record.routed:
+            self._remember(record)
 
     # --- housekeeping --------------------------------------------------------------
     def _tick(self) -> None:
@@ -341,11 +411,24 @@ class Scheduler:
             self.history.cull(self.settings.result_ttl_s, self.settings.max_records)
             self._refresh_engines()
             self._reconcile(now)
+            self._renew_tickets(now)
             self._census(now)
             self._dispatch()
         except EnginefarmError as exc:
             self.reaper.observe(False)
             log.warning("scheduler housekeeping failed: %s", exc)
+        except Exception:
+            self.incidents.note("housekeeping", "scheduler housekeeping failed", traceback=True)
+
+    def _renew_tickets(self, now: float) -> None:
+        """Fresh dispatch tickets, well inside the window, for the tasks this scheduler holds
+        for dispatching (so a standby taking over later may dispatch them too)."""
+        if now < self._next_renewal:
+            return
+        self._next_renewal = now + self.settings.redispatch_window_s / 3
+        held = [*self.pending, *self.engine_of]
+        if held:
+            self.records.renew_tickets(held)
 
     def _reconcile(self, now: float) -> None:
         """Safety net for a lost event: look at the routed tasks' records now and then."""

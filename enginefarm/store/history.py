@@ -18,18 +18,10 @@ import redis
 from ..names import Names
 from .connection import translate_errors
 from .query import equal_values, matches, time_range, validate
-from .records import STATUSES, TERMINAL
+from ..errors import DecodeError
+from ..task import LISTED_FIELDS, STATUSES, TERMINAL, decode_field
 
 BATCH = 500
-FLOAT_FIELDS = frozenset({"submitted", "started", "completed", "failed_at"})
-INT_FIELDS = frozenset({"engine_id", "attempts", "retries"})
-JSON_FIELDS = frozenset({"error", "last_error"})
-BYTES_FIELDS = frozenset({"result", "request"})
-DEFAULT_FIELDS = (
-    "task_id", "kind", "status", "engine_id", "client_id", "submitted", "started", "completed",
-    "attempts", "retries", "stdout", "stderr", "error", "summary", "lb", "waiting",
-    "failed_on", "lost_on", "namespace_lost",
-)
 
 # Remove finished records (never pending or running ones). ARGV: 1 task key prefix,
 # 2 history key, 3 status index prefix, 4 engine index prefix, 5 only records completed
@@ -61,23 +53,20 @@ return n
 """
 
 
-def decode_field(name: str, raw: bytes | None) -> Any:
-    if raw is None:
-        return None
-    if name in BYTES_FIELDS:
-        return bytes(raw)
-    text = raw.decode("utf-8", "replace")
-    if text == "" and name not in ("stdout", "stderr", "summary"):
-        return None
-    if name in FLOAT_FIELDS:
-        return float(text)
-    if name in INT_FIELDS:
-        return int(text)
-    if name in JSON_FIELDS:
-        return json.loads(text)
-    if name == "namespace_lost":
-        return text == "1"
-    return text
+def _decode_row(fields: list[str], values: list[bytes | None]) -> dict[str, Any]:
+    """A record's fields, typed; one that does not decode is left out, and the row's
+    ``invalid`` says which (a reader sees the rest of the record, not a traceback)."""
+    row: dict[str, Any] = {}
+    problems = []
+    for name, value in zip(fields, values):
+        try:
+            row[name] = decode_field(name, value)
+        except DecodeError as exc:
+            row[name] = None
+            problems.append(str(exc))
+    if problems:
+        row["invalid"] = "; ".join(problems)
+    return row
 
 
 class History:
@@ -112,10 +101,10 @@ class History:
                     if values[1] is None:  # no status: no record
                         out.append(None)
                         continue
-                    row = {f: decode_field(f, v) for f, v in zip(fields, values)}
+                    row = _decode_row(fields, values)
                     if row["status"] in TERMINAL and row.get("started") is not None:
                         row.update({f: "" for f in output if row[f] is None})
-                    out.append({k: v for k, v in row.items() if v is not None and k in wanted})
+                    out.append({k: v for k, v in row.items() if v is not None and (k in wanted or k == "invalid")})
         return out
 
     def _candidates(self, query: Mapping[str, Any]) -> list[str] | None:
@@ -169,7 +158,7 @@ class History:
         query = validate(query)
         if limit is not None and limit <= 0:
             return []
-        wanted = list(keys) if keys is not None else list(DEFAULT_FIELDS)
+        wanted = list(keys) if keys is not None else list(LISTED_FIELDS)
         needed = list(dict.fromkeys([*wanted, *query]))
         candidates = self._candidates(query)
         batches = (
@@ -180,7 +169,7 @@ class History:
         for batch in batches:
             for row in self.fetch(batch, needed):
                 if row is not None and matches(row, query):
-                    found.append({k: row[k] for k in ["task_id", *wanted] if k in row})
+                    found.append({k: row[k] for k in ["task_id", *wanted, "invalid"] if k in row})
                     if limit is not None and len(found) >= limit:
                         return found
         return found
@@ -210,8 +199,8 @@ class History:
                     pipe.sintercard(2, [n.engine_index(engine_id), n.status_index(status)])
             values = pipe.execute()
         if verbose:
-            return {s: sorted(t.decode() for t in v) for s, v in zip(STATUSES, values)}
-        return {s: int(v) for s, v in zip(STATUSES, values)}
+            return {s.value: sorted(t.decode() for t in v) for s, v in zip(STATUSES, values)}
+        return {s.value: int(v) for s, v in zip(STATUSES, values)}
 
     # --- removing -------------------------------------------------------------------
     def purge(self, task_ids: Iterable[str], completed_before: float = float("inf")) -> int:

@@ -20,18 +20,17 @@ from typing import Any
 
 import redis
 
-from ..errors import StoreError
+from ..errors import DecodeError, SignatureError, StoreError
 from ..keys import KeyRing
 from ..names import Names
 from ..protocol import open_envelope, seal
+from ..task import RESULT_FIELDS, STATUSES, TERMINAL, Status, TaskRecord
 from .connection import HeldScript, translate_errors
 
-PENDING, RUNNING, COMPLETED, FAILED, ABORTED = "pending", "running", "completed", "failed", "aborted"
-TERMINAL = frozenset({COMPLETED, FAILED, ABORTED})
-STATUSES = (PENDING, RUNNING, COMPLETED, FAILED, ABORTED)
-# What a client reads to turn a finished record into a result.
-RESULT_FIELDS = ("task_id", "kind", "status", "engine_id", "client_id", "submitted", "started", "completed",
-                 "attempts", "stdout", "stderr", "error", "summary", "result", "namespace_lost")
+PENDING, RUNNING, COMPLETED, FAILED, ABORTED = (
+    Status.PENDING, Status.RUNNING, Status.COMPLETED, Status.FAILED, Status.ABORTED)
+# Bookkeeping fields a finished record sheds, in the order the transition script reads them.
+_BOOKKEEPING = ("_claimed_key", "_pending_key", "_inbox", "_notify", "_seq", "_ticket")
 
 # Any number of state changes in one call, applied in order. KEYS[1] = scheduler backlog;
 # ARGV[1] = status-index key prefix; then per change: task key, task id, allowed current states
@@ -43,13 +42,13 @@ _TRANSITION = """
 local prefix = ARGV[1]
 local out = {}
 local i = 2
--- The record's bookkeeping fields, then its result fields (positions in R, from 6 on).
+-- The record's bookkeeping fields, then its result fields (positions in R, from 7 on).
 local R = {RESULT_POSITIONS}
 while i <= #ARGV do
   local task, tid, allowed, new, ck, eidx = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
   local first, n = i + 7, tonumber(ARGV[i + 6])
   i = first + 2 * n
-  local m = redis.call('HMGET', task, '_claimed_key', '_pending_key', '_inbox', '_notify', '_seq', RESULT_FIELDS_LUA)
+  local m = redis.call('HMGET', task, BOOKKEEPING_LUA, RESULT_FIELDS_LUA)
   local st, attempts = m[R.status], m[R.attempts] or '0'
   -- The claimed-set key in the record says who holds the claim (kept with the set's membership).
   local ours = ck ~= '' and m[1] == ck
@@ -81,7 +80,8 @@ while i <= #ARGV do
       given[ARGV[j]] = ARGV[j + 1]
     end
     if new == 'running' then
-      attempts = tostring(tonumber(attempts) + 1)
+      -- A stored count that is not a number (a Redis writer's doing) counts as none.
+      attempts = tostring((tonumber(attempts) or 0) + 1)
       set[#set + 1] = 'attempts'
       set[#set + 1] = attempts
       set[#set + 1] = '_claimed_key'
@@ -107,8 +107,8 @@ while i <= #ARGV do
         -- <length>:<bytes>, or - when absent), unless it is large: then just the task id.
         local entry, parts, size = tid, {'\\0'}, 0
         given['status'], given['attempts'] = new, attempts
-        for k = 6, #m do
-          local v = given[RESULT_NAMES[k - 5]] or m[k]
+        for k = 7, #m do
+          local v = given[RESULT_NAMES[k - 6]] or m[k]
           if v then
             parts[#parts + 1] = #v .. ':' .. v
             size = size + #v
@@ -123,8 +123,8 @@ while i <= #ARGV do
       if m[5] then redis.call('ZREM', KEYS[1], tid) end
       -- Bookkeeping a finished record no longer needs (keeps finished records small).
       local drop = {'HDEL', task}
-      local names = {'_claimed_key', '_pending_key', '_inbox', '_notify', '_seq'}
-      for k = 1, 5 do if m[k] then drop[#drop + 1] = names[k] end end
+      local names = {BOOKKEEPING_LUA}
+      for k = 1, 6 do if m[k] then drop[#drop + 1] = names[k] end end
       if #drop > 2 then redis.call(unpack(drop)) end
     end
     out[#out + 1] = {'ok', st, attempts}
@@ -138,7 +138,8 @@ INLINE_MAX = 4096
 # their status): entries nobody popped within this long are garbage.
 INBOX_TTL_S = 3600
 _TRANSITION = (_TRANSITION.replace("RESULT_FIELDS_LUA", ", ".join(f"'{f}'" for f in RESULT_FIELDS))
-               .replace("RESULT_POSITIONS", ", ".join(f"{f} = {n + 6}" for n, f in enumerate(RESULT_FIELDS)))
+               .replace("BOOKKEEPING_LUA", ", ".join(f"'{f}'" for f in _BOOKKEEPING))
+               .replace("RESULT_POSITIONS", ", ".join(f"{f} = {n + 7}" for n, f in enumerate(RESULT_FIELDS)))
                .replace("INLINE_MAX", str(INLINE_MAX)).replace("INBOX_TTL", str(INBOX_TTL_S)))
 _TRANSITION = _TRANSITION.replace("local R = {", "local RESULT_NAMES = {" + ", ".join(
     f"'{f}'" for f in RESULT_FIELDS) + "}\nlocal R = {", 1)
@@ -161,7 +162,10 @@ local pk = redis.call('HGET', task, '_pending_key')
 if pk then redis.call('SREM', pk, tid) end
 -- The next attempt's output replaces this one's.
 redis.call('HDEL', task, '_pending_key', '_claimed_key', 'stdout', 'stderr')
-if tonumber(ARGV[3]) ~= 0 then redis.call('HINCRBY', task, 'attempts', ARGV[3]) end
+if tonumber(ARGV[3]) ~= 0 then
+  local n = math.max((tonumber(redis.call('HGET', task, 'attempts')) or 0) + tonumber(ARGV[3]), 0)
+  redis.call('HSET', task, 'attempts', n)
+end
 if ARGV[5] ~= '' then
   local prev = redis.call('HGET', task, ARGV[5])
   redis.call('HSET', task, ARGV[5], (prev and prev ~= '') and (prev .. ',' .. ARGV[4]) or ARGV[4])
@@ -170,7 +174,9 @@ for i = 6, #ARGV, 2 do redis.call('HSET', task, ARGV[i], ARGV[i + 1]) end
 redis.call('HSET', task, 'status', 'pending')
 redis.call('SREM', ARGV[2] .. st, tid)
 redis.call('SADD', ARGV[2] .. 'pending', tid)
-redis.call('HSETNX', task, '_seq', redis.call('HGET', task, 'submitted') or '0')
+if not tonumber(redis.call('HGET', task, '_seq')) then
+  redis.call('HSET', task, '_seq', tonumber(redis.call('HGET', task, 'submitted')) or 0)
+end
 redis.call('ZADD', KEYS[2], tonumber(redis.call('HGET', task, '_seq')), tid)
 redis.call('HSET', task, '_notify', KEYS[3])
 redis.call('LPUSH', KEYS[3], tid)
@@ -199,15 +205,26 @@ return 1
 """
 
 
-# The scheduler took a submitted task. KEYS: task, scheduler pending zset. ARGV: id, order.
+# A fresh dispatch ticket for a task still pending. KEYS: task. ARGV: the sealed ticket.
+_RENEW = """
+if redis.call('HGET', KEYS[1], 'status') == 'pending' then redis.call('HSET', KEYS[1], '_ticket', ARGV[1]) end
+return 0
+"""
+
+
+# The scheduler took a submitted task. KEYS: task, scheduler pending zset. ARGV: id, order,
+# dispatch ticket.
 # A task aborted before the scheduler saw it, or already routed, is not queued again.
 _ENQUEUE = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'pending' or redis.call('HEXISTS', KEYS[1], '_pending_key') == 1 then
   return 0
 end
-if redis.call('HSETNX', KEYS[1], '_seq', ARGV[2]) == 0 and redis.call('ZSCORE', KEYS[2], ARGV[1]) ~= false then
+if not tonumber(redis.call('HGET', KEYS[1], '_seq')) then
+  redis.call('HSET', KEYS[1], '_seq', ARGV[2])
+elseif redis.call('ZSCORE', KEYS[2], ARGV[1]) ~= false then
   return 2
 end
+redis.call('HSET', KEYS[1], '_ticket', ARGV[3])
 redis.call('ZADD', KEYS[2], redis.call('HGET', KEYS[1], '_seq'), ARGV[1])
 return 1
 """
@@ -247,79 +264,16 @@ class NewTask:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass
-class TaskRecord:
-    """A decoded task record. ``result`` and ``request`` stay sealed bytes."""
-
-    task_id: str
-    kind: str = ""
-    status: str = ""
-    engine_id: int | None = None
-    client_id: str = ""
-    submitted: float | None = None
-    started: float | None = None
-    completed: float | None = None
-    attempts: int = 0
-    stdout: str = ""
-    stderr: str = ""
-    error: dict[str, Any] | None = None
-    summary: str = ""
-    result: bytes | None = None
-    request: bytes | None = None
-    extra: dict[str, str] = field(default_factory=dict)
-    # Scheduler bookkeeping: arrival order, and whether the task is routed to an engine now.
-    seq: float = 0.0
-    routed: bool = False
-
-    @property
-    def done(self) -> bool:
-        return self.status in TERMINAL
-
-    @classmethod
-    def decode(cls, task_id: str, raw: Mapping[bytes, bytes]) -> TaskRecord:
-        text = {k.decode(): v for k, v in raw.items()}
-
-        def s(name: str) -> str:
-            value = text.get(name)
-            return value.decode("utf-8", "replace") if value is not None else ""
-
-        def f(name: str) -> float | None:
-            value = s(name)
-            return float(value) if value else None
-
-        engine = s("engine_id")
-        error = s("error")
-        known = {"task_id", "kind", "status", "engine_id", "client_id", "submitted", "started",
-                 "completed", "attempts", "stdout", "stderr", "error", "summary", "result", "request"}
-        return cls(
-            task_id=task_id,
-            kind=s("kind"),
-            status=s("status"),
-            engine_id=int(engine) if engine else None,
-            client_id=s("client_id"),
-            submitted=f("submitted"),
-            started=f("started"),
-            completed=f("completed"),
-            attempts=int(s("attempts") or 0),
-            stdout=s("stdout"),
-            stderr=s("stderr"),
-            error=json.loads(error) if error else None,
-            summary=s("summary"),
-            result=text.get("result"),
-            request=text.get("request"),
-            extra={k: s(k) for k in text if k not in known and not k.startswith("_")},
-            seq=f("_seq") or 0.0,
-            routed="_pending_key" in text,
-        )
-
-
 class Records:
     """Reads and writes task records of one cluster."""
 
-    def __init__(self, redis_client: redis.Redis, names: Names, ring: KeyRing) -> None:
+    def __init__(self, redis_client: redis.Redis, names: Names, ring: KeyRing,
+                 redispatch_window_s: float = 6 * 3600.0) -> None:
         self.redis = redis_client
         self.names = names
         self.ring = ring
+        self.redispatch_window_s = redispatch_window_s
+        self._renew = redis_client.register_script(_RENEW)
         self._transition = HeldScript(redis_client, _TRANSITION)
         self._create = HeldScript(redis_client, _CREATE)
         self._requeue = redis_client.register_script(_REQUEUE)
@@ -335,6 +289,35 @@ class Records:
     def open_value(self, task_id: str, what: str, blob: bytes) -> bytes:
         """Raises: SignatureError when the stored value was not sealed for this task."""
         return open_envelope(self.ring, blob, expect={"task_id": task_id, "what": what}).payload
+
+    # --- dispatch tickets -------------------------------------------------------------
+    # A scheduler dispatches a request it reads back from Redis only when the record holds a
+    # ticket sealed by a key holder within the redispatch window: when the scheduler took the
+    # task, when a key holder handed it back for another run, or when the active scheduler
+    # renewed it while the task waited. A Redis writer who rewinds a finished record can
+    # therefore get it run again only with a ticket captured less than a window ago.
+    def ticket(self, task_id: str) -> bytes:
+        return seal(self.ring, {"task_id": task_id, "what": "dispatch"})
+
+    def ticket_problem(self, record: TaskRecord) -> str:
+        """Why ``record`` may not be dispatched from Redis ('' when it may)."""
+        if not record.ticket:
+            return "it holds no dispatch ticket"
+        try:
+            open_envelope(self.ring, record.ticket, self.redispatch_window_s,
+                          expect={"task_id": record.task_id, "what": "dispatch"})
+        except SignatureError as exc:
+            return f"its dispatch ticket is refused ({exc})"
+        return ""
+
+    def renew_tickets(self, task_ids: Iterable[str]) -> None:
+        """New tickets for tasks still pending (the active scheduler knows them)."""
+        ids = list(task_ids)
+        with translate_errors():
+            pipe = self.redis.pipeline(transaction=False)
+            for task_id in ids:
+                self._renew(keys=[self.names.task(task_id)], args=[self.ticket(task_id)], client=pipe)
+            pipe.execute()
 
     # --- writing --------------------------------------------------------------------
     def create(self, tasks: Iterable[NewTask], wait: bool = True) -> None:
@@ -509,7 +492,7 @@ class Records:
     ) -> bool:
         """Hand a load-balanced task back to the scheduler (see ``_REQUEUE``)."""
         args: list[Any] = [task_id, self.names.status_index(""), attempts_delta, engine_id, listed_as]
-        for key, value in (fields or {}).items():
+        for key, value in {**(fields or {}), "_ticket": self.ticket(task_id)}.items():
             args.extend([key, value])
         with translate_errors():
             keys = [self.names.task(task_id), self.names.scheduler_pending, self.names.scheduler_events]
@@ -519,14 +502,14 @@ class Records:
         """The scheduler accepts a task: 1 queued, 2 already queued, 0 not pending (drop it)."""
         with translate_errors():
             return int(self._enqueue(keys=[self.names.task(task_id), self.names.scheduler_pending],
-                                     args=[task_id, repr(seq)]))
+                                     args=[task_id, repr(seq), self.ticket(task_id)]))
 
     def status_counts(self) -> dict[str, int]:
         with translate_errors():
             pipe = self.redis.pipeline(transaction=False)
             for status in STATUSES:
                 pipe.scard(self.names.status_index(status))
-            return dict(zip(STATUSES, (int(v) for v in pipe.execute())))
+            return dict(zip((s.value for s in STATUSES), (int(v) for v in pipe.execute())))
 
     def unassigned(self, engine_ids: Iterable[int]) -> list[str]:
         """Pending tasks no engine holds yet: in the scheduler's backlog, or plain FIFO work
@@ -621,7 +604,7 @@ class Records:
             raws = pipe.execute()
         if not with_request:
             raws = [{k.encode(): v for k, v in zip(RESULT_FIELDS, values) if v is not None} for values in raws]
-        return [TaskRecord.decode(t, raw) if raw else None for t, raw in zip(task_ids, raws)]
+        return [decode_record(t, raw) if raw else None for t, raw in zip(task_ids, raws)]
 
     def statuses(self, task_ids: list[str]) -> list[str | None]:
         with translate_errors():
@@ -685,7 +668,18 @@ def inbox_entry(raw: bytes) -> tuple[str, TaskRecord | None]:
         task_id = fields[b"task_id"].decode()
     except (ValueError, KeyError) as exc:
         raise StoreError(f"malformed inbox entry: {exc}") from exc
-    return task_id, TaskRecord.decode(task_id, fields)
+    return task_id, decode_record(task_id, fields)
+
+
+def decode_record(task_id: str, raw: Mapping[bytes, bytes]) -> TaskRecord:
+    """A record, or, when a field does not decode, a damaged one: its ``invalid`` says why
+    and only its status is kept (when that is readable), for the caller to fail or skip."""
+    try:
+        return TaskRecord.decode(task_id, raw)
+    except DecodeError as exc:
+        status = raw.get(b"status", b"").decode("utf-8", "replace")
+        return TaskRecord(task_id, status=status if status in {s.value for s in Status} else "",
+                          invalid=str(exc), routed=b"_pending_key" in raw)
 
 
 def error_fields(ename: str, evalue: str, traceback: str = "") -> dict[str, str]:

@@ -7,12 +7,17 @@ with skewed clocks agree on who is alive.
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
 
+from ..errors import DecodeError
 from ..names import Names
 from .connection import translate_errors
+
+log = logging.getLogger(__name__)
 
 # Lowest free id wins, so a restarted cluster gets ids 0..n-1 again. An id stays taken until
 # its engine is unregistered (cleanly or by a reaper), so a dead engine's queue is never
@@ -59,6 +64,27 @@ return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', cutoff)
 """
 
 
+def _log_invalid(kind: str, message: str) -> None:
+    log.error("%s", message)
+
+
+def _engine_ids(raw: Iterable[bytes | str | int], note: Callable[[str, str], None], where: str) -> list[int]:
+    """Engine ids read from Redis; a member that is not one is reported and skipped."""
+    ids = []
+    for item in raw:
+        text = item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
+        if text.isdigit() and len(text) < 10:
+            ids.append(int(text))
+        else:
+            note("registry", f"{where} holds {text[:40]!r}, which is not an engine id; skipped")
+    return sorted(ids)
+
+
+def _registered_at(info: dict[str, Any]) -> float:
+    value = info.get("registered", 0)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
+
+
 def _json_value(key: str, value: Any) -> str:
     try:
         return json.dumps(value)
@@ -73,6 +99,8 @@ class Registry:
         self.redis = redis_client
         self.names = names
         self.engine_timeout_s = engine_timeout_s
+        # Told of every malformed entry met (kind, message); daemons count them.
+        self.on_invalid: Callable[[str, str], None] = _log_invalid
         self._register = redis_client.register_script(_REGISTER)
         self._heartbeat = redis_client.register_script(_HEARTBEAT)
         self._activate = redis_client.register_script(_ACTIVATE)
@@ -128,13 +156,13 @@ class Registry:
         """Engines whose heartbeat is fresher than the timeout, sorted."""
         with translate_errors():
             ids = self._by_age(keys=[self.names.heartbeats], args=[self.engine_timeout_s, "live"])
-        return sorted(int(i) for i in ids)
+        return _engine_ids(ids, self.on_invalid, "the heartbeat set")
 
     def stale_ids(self) -> list[int]:
         """Registered engines whose heartbeat is older than the timeout."""
         with translate_errors():
             ids = self._by_age(keys=[self.names.heartbeats], args=[self.engine_timeout_s, "stale"])
-        return sorted(int(i) for i in ids)
+        return _engine_ids(ids, self.on_invalid, "the heartbeat set")
 
     def orphan_ids(self) -> list[int]:
         """Ids held in the registry, never live or no longer live, for longer than twice the timeout.
@@ -143,13 +171,15 @@ class Registry:
         """
         with translate_errors():
             held = self.redis.hgetall(self.names.engines)
-            beating = {int(i) for i in self.redis.zrange(self.names.heartbeats, 0, -1)}
+            beating = set(_engine_ids(self.redis.zrange(self.names.heartbeats, 0, -1), self.on_invalid,
+                                      "the heartbeat set"))
             seconds, micros = self.redis.time()
         cutoff = seconds + micros / 1e6 - 2 * self.engine_timeout_s
-        return sorted(
-            int(eid) for eid, info in held.items()
-            if int(eid) not in beating and json.loads(info).get("registered", 0) < cutoff
-        )
+        entries = self._entries(held)
+        # An entry that does not decode counts as registered long ago: if its engine is not
+        # beating, it is reaped and its id freed.
+        return sorted(eid for eid, info in entries.items()
+                      if eid not in beating and _registered_at(info) < cutoff)
 
     def server_time(self) -> float:
         """Redis's clock, the one heartbeats are judged by."""
@@ -166,13 +196,27 @@ class Registry:
                 value = self.redis.hget(self.names.engines, engine_id)
                 raw = {engine_id: value} if value is not None else {}
             beats = dict(self.redis.zrange(self.names.heartbeats, 0, -1, withscores=True))
-        result: dict[int, dict[str, Any]] = {}
-        for key, value in raw.items():
-            eid = int(key)
-            entry = json.loads(value)
+        result = self._entries(raw)
+        for eid, entry in result.items():
             entry["last_heartbeat"] = beats.get(str(eid).encode())
-            result[eid] = entry
         return result
+
+    def _entries(self, raw: dict[Any, Any]) -> dict[int, dict[str, Any]]:
+        """Registry entries by engine id; a field or value that does not decode is reported,
+        and its value replaced by ``{"invalid": true}``."""
+        entries: dict[int, dict[str, Any]] = {}
+        for eid in _engine_ids(raw, self.on_invalid, "the engine registry"):
+            value = raw.get(str(eid).encode(), raw.get(eid))
+            try:
+                entry = json.loads(value)
+                if not isinstance(entry, dict):
+                    raise ValueError("not an object")
+            except (ValueError, TypeError, RecursionError) as exc:
+                self.on_invalid("registry", f"registry entry of engine {eid} is not a JSON object ({exc}); "
+                                            "treated as registered long ago")
+                entry = {"invalid": True}
+            entries[eid] = entry
+        return entries
 
     def lock_reaping(self, engine_id: int, ttl_s: int = 60) -> bool:
         """Only one reaper settles a dead engine; the lock expires if that reaper dies."""
@@ -220,14 +264,28 @@ class Registry:
             pipe.execute()
 
     def get_properties(self, engine_id: int, keys: list[str] | None = None) -> dict[str, Any]:
+        """Raises: DecodeError naming a property whose stored value is not JSON."""
+        properties, bad = self.readable_properties(engine_id, keys)
+        if bad:
+            raise DecodeError(f"property {bad[0][:64]!r}", f"of engine {engine_id} is not JSON")
+        return properties
+
+    def readable_properties(self, engine_id: int, keys: list[str] | None = None) -> tuple[dict[str, Any], list[str]]:
+        """(the properties that decode, the names of those that do not)."""
         key = self.names.engine_properties(engine_id)
         with translate_errors():
             if keys is None:
-                raw = {k.decode(): v for k, v in self.redis.hgetall(key).items()}
+                raw = {k.decode("utf-8", "replace"): v for k, v in self.redis.hgetall(key).items()}
             else:
                 values = self.redis.hmget(key, keys) if keys else []
                 raw = {k: v for k, v in zip(keys, values) if v is not None}
-        return {k: json.loads(v) for k, v in raw.items()}
+        properties, bad = {}, []
+        for name, value in raw.items():
+            try:
+                properties[name] = json.loads(value)
+            except (ValueError, RecursionError):
+                bad.append(name)
+        return properties, bad
 
     def has_properties(self, engine_id: int, keys: list[str]) -> list[bool]:
         key = self.names.engine_properties(engine_id)
@@ -250,4 +308,10 @@ class Registry:
 
     def properties_version(self) -> int:
         with translate_errors():
-            return int(self.redis.get(self.names.properties_version) or 0)
+            raw = self.redis.get(self.names.properties_version) or b"0"
+        try:
+            return int(raw)
+        except ValueError:
+            self.on_invalid("registry", f"the properties version {raw[:40]!r} is not a number")
+            # Changes from one bad value to another go unseen; the next good write is seen.
+            return -2

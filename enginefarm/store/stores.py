@@ -34,4 +34,4 @@ class Stores:
         client = connect(settings.redis_url, settings.reconnect_window_s)
         names = Names(settings.cluster)
         return cls(ring, client, Registry(client, names, settings.engine_timeout_s),
-                   Records(client, names, ring), History(client, names))
+                   Records(client, names, ring, settings.redispatch_window_s), History(client, names))

@@ -26,21 +26,21 @@ from ..broker import BrokerConnection, Consumer, Delivery, Publisher
 from ..broker.topology import declare_cluster, declare_engine_queue
 from ..config import Settings
 from ..deadletter import dead_letter
-from ..errors import EnginefarmError, SignatureError, StoreError
+from ..errors import DecodeError, EnginefarmError, SignatureError, StoreError
+from ..incidents import Incidents
 from ..metrics import Metrics
 from ..systemd import notify, watchdog_interval_s
 from ..names import Names
-from ..protocol import open_envelope
 from ..recovery import Reaper
+from ..schedulers import retry
 from ..store import Stores
 from ..store.records import COMPLETED, FAILED
+from ..task import Kind, TaskHeader, open_task
 from .executor import Executor, Outcome
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Outcomes that are not the task's own failure: it is run again elsewhere, a bounded number of times.
-LOST_ERRORS = frozenset({"EngineProcessDied", "TaskInterrupted"})
 # How long a fresh message may wait for its task record before it counts as a replay.
 RECORD_GRACE_S = 1.0
 
@@ -75,13 +75,13 @@ class Job:
     """A verified delivery: what to run, and how to ack it once."""
 
     delivery: Delivery
-    header: dict[str, Any]
+    header: TaskHeader
     payload: bytes
     ack: AckOnce
 
     @property
     def task_id(self) -> str:
-        return str(self.header.get("task_id", ""))
+        return self.header.task_id
 
 
 @dataclass
@@ -121,6 +121,7 @@ class Engine:
         self._owed: tuple[str, str, dict[str, Any]] | None = None  # an outcome sent, reply not read
         self._reaping = threading.Lock()  # the reaper's broker connection serves one thread at a time
         self.metrics = Metrics()
+        self.incidents = Incidents("engine", self.metrics)
 
     # --- lifecycle -----------------------------------------------------------------
     def setup(self) -> None:
@@ -128,6 +129,8 @@ class Engine:
         s = self.settings
         stores = Stores.open(s)
         self.ring, self.registry, self.records, self.history = stores.ring, stores.registry, stores.records, stores.history
+        self.incidents.counts = self.records
+        self.registry.on_invalid = lambda kind, message: self.incidents.note(kind, "%s", message)
         info = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
         self.engine_id = self.registry.register(info, s.max_engines)
         if self.engine_id < 0:
@@ -250,20 +253,24 @@ class Engine:
             self._stop_io.set()
 
     def _open(self, delivery: Delivery) -> Job | None:
-        """Verify a delivery; a message that fails is dead-lettered and None returned."""
+        """Verify and decode a delivery; one that fails is dead-lettered and None returned."""
         ack = AckOnce(self.consumer, delivery)
         try:
-            envelope = open_envelope(self.ring, delivery.body, self.settings.max_message_age_s)
-        except SignatureError as exc:
+            message = open_task(self.ring, delivery.body, self.settings.max_message_age_s)
+        except (SignatureError, DecodeError) as exc:
             self._refuse(delivery, ack, exc)
             return None
-        header = envelope.header
-        if not header.get("lb") and header.get("engine_id") != self.engine_id:
+        except Exception:
+            self.incidents.note("message", "engine %d could not open a delivery", self.engine_id, traceback=True)
+            self._refuse(delivery, ack, DecodeError("message", "could not be opened"))
+            return None
+        header = message.header
+        if not header.lb and header.engine_id != self.engine_id:
             # Signed for another engine and re-published here: the target is part of the request.
             self._refuse(delivery, ack, SignatureError(
-                "context", f"request for engine {header.get('engine_id')!r} delivered to engine {self.engine_id}"))
+                "context", f"request for engine {header.engine_id!r} delivered to engine {self.engine_id}"))
             return None
-        return Job(delivery, header, envelope.payload, ack)
+        return Job(delivery, header, message.payload, ack)
 
     def _take(self, jobs: list[Job]) -> list[Job]:
         """Add verified deliveries already waiting here (never blocks) until the batch is full.
@@ -272,7 +279,7 @@ class Engine:
         """
         ids = {j.task_id for j in jobs}
         while len(jobs) < self._batch and not self._draining.is_set():
-            if jobs and jobs[-1].header.get("kind") == "kill":
+            if jobs and jobs[-1].header.kind is Kind.KILL:
                 break
             try:
                 delivery = self._deliveries.get_nowait()
@@ -300,7 +307,7 @@ class Engine:
             if index > 0 and (self._draining.is_set() or time.monotonic() > batch.window_end):
                 batch.cut = index
                 break
-            entry = self._run_one(job, claim, batch, index)
+            entry = self._run_guarded(job, claim, batch, index)
             if entry is not None:
                 batch.acks.append(job)
                 if index + 1 < batch.cut:
@@ -315,13 +322,13 @@ class Engine:
                         batch.started.add(index + 1)
                 else:
                     batch.finished.append(entry)
-            killed = killed or (job.header.get("kind") == "kill" and entry is not None and entry[1] == COMPLETED)
+            killed = killed or (job.header.kind is Kind.KILL and entry is not None and entry[1] == COMPLETED)
         end = batch.released_from
         self._settle_owed()
         unstarted = [(j, c) for j, c in zip(jobs[batch.cut:end], claims[batch.cut:end]) if c[0]]
         following = [] if killed or self._dead.is_set() else self._take([])
         ids = [j.task_id for j in following]
-        released = [(j.task_id, c[2] - 1, bool(j.header.get("lb"))) for j, c in unstarted]
+        released = [(j.task_id, c[2] - 1, j.header.lb) for j, c in unstarted]
         next_claims = self._retry_store(lambda: self.records.settle(
             self.engine_id, finished=batch.finished, released=released, claims=ids))
         self.consumer.settle([j.delivery for j in batch.acks if j.ack.take()],
@@ -364,9 +371,23 @@ class Engine:
         batch.cut = batch.released_from = index + 1
         if not rest:
             return
-        released = [(j.task_id, c[2] - 1, bool(j.header.get("lb"))) for j, c in rest]
+        released = [(j.task_id, c[2] - 1, j.header.lb) for j, c in rest]
         self._retry_store(lambda: self.records.settle(self.engine_id, released=released))
         self.consumer.settle([], [j.delivery for j, _ in rest if j.ack.take()], requeue=True)
+
+    def _run_guarded(self, job: Job, claim: Claim, batch: _Batch, index: int) -> tuple[str, str, dict[str, Any]] | None:
+        """``_run_one``; an unexpected failure while handling the task fails that task with
+        EngineError (logged with its traceback and counted), and the engine goes on."""
+        try:
+            return self._run_one(job, claim, batch, index)
+        except StoreError:
+            raise  # Redis is gone for good (we were declared dead): the worker stops
+        except Exception as exc:
+            self.incidents.note("task", "engine %d failed handling task %s", self.engine_id, job.task_id,
+                                traceback=True)
+            error = {"ename": "EngineError", "evalue": f"the engine failed handling the task: "
+                     f"{type(exc).__name__}: {exc}", "traceback": "", "engine_id": self.engine_id}
+            return job.task_id, FAILED, {"error": json.dumps(error)}
 
     def _run_one(self, job: Job, claim: Claim, batch: _Batch, index: int) -> tuple[str, str, dict[str, Any]] | None:
         """Run one claimed job; returns what to record, or None when it is settled already."""
@@ -390,14 +411,12 @@ class Engine:
             # Claimed ahead, and no outcome went out before it to say it starts.
             self._settle_owed()
             self._retry_store(lambda: self.records.settle(self.engine_id, start=task_id))
-        if isinstance(header.get("ts"), (int, float)):
-            self.metrics.wait_seconds.observe(max(time.time() - header["ts"], 0.0))
-        header["attempt"] = attempt
-        if header.get("depend"):
-            if batch.properties is None:
-                batch.properties = self._retry_store(lambda: self.registry.get_properties(self.engine_id))
-            header["properties"] = batch.properties
-        timeout_s = float(header.get("timeout") or self.settings.task_timeout_s or 0)
+        if header.ts is not None:
+            self.metrics.wait_seconds.observe(max(time.time() - header.ts, 0.0))
+        if header.depend and batch.properties is None:
+            batch.properties = self._retry_store(self._properties)
+        request = header.for_child(attempt, batch.properties if header.depend else None)
+        timeout_s = header.timeout or self.settings.task_timeout_s or 0.0
         started = time.monotonic()
         # Long tasks hand custody to the record in Redis, so the broker's consumer timeout
         # never closes our channel; a reaper settles the record if this engine dies.
@@ -407,14 +426,14 @@ class Engine:
             after.append((max(batch.window_end - started, 0.0), lambda: self._release_rest(batch, index)))
         self.metrics.in_progress.inc()
         try:
-            outcome = self.executor.run(header, job.payload, timeout_s, after=after, meanwhile=self._settle_owed)
+            outcome = self.executor.run(request, job.payload, timeout_s, after=after, meanwhile=self._settle_owed)
         finally:
             self.metrics.in_progress.dec()
             self.metrics.run_seconds.observe(time.monotonic() - started)
             if self._aside and not self._draining.is_set():
                 self._aside = False
                 self.consumer.resume(self.names.work_queue)
-        if header.get("lb") and self._retry_store(lambda: self._hand_back(task_id, header, outcome)):
+        if header.lb and self._retry_store(lambda: self._hand_back(task_id, header, attempt, outcome)):
             self.metrics.tasks.labels("requeued").inc()
             batch.acks.append(job)
             return None
@@ -445,29 +464,37 @@ class Engine:
         else:
             self.consumer.reject(delivery, requeue=False)
 
-    def _hand_back(self, task_id: str, header: dict[str, Any], outcome: Outcome) -> bool:
-        """Give a load-balanced task back to the scheduler when seed 003 says to run it again.
+    def _properties(self) -> dict[str, Any]:
+        """This engine's properties for depend; a value that does not decode is left out."""
+        properties, bad = self.registry.readable_properties(self.engine_id)
+        for name in bad:
+            self.incidents.note("property", "engine %d property %r is not JSON; depend does not see it",
+                                self.engine_id, name[:64])
+        return properties
 
-        Returns False when the outcome is final and must be recorded.
-        """
+    def _hand_back(self, task_id: str, header: TaskHeader, attempt: int, outcome: Outcome) -> bool:
+        """Give a load-balanced task back to the scheduler when the retry policy says to run
+        it again. Returns False when the outcome is final and must be recorded."""
         if outcome.ok:
             return False
-        if outcome.unmet:
-            self.metrics.retries.labels("unmet").inc()
-            return self.records.requeue(task_id, self.engine_id, "unmet", attempts_delta=-1)
-        error = {**(outcome.error or {}), "engine_id": self.engine_id}
-        fields = {"last_error": json.dumps(error), "failed_at": repr(time.time())}
-        if error.get("ename") in LOST_ERRORS:
+        ename = str((outcome.error or {}).get("ename", ""))
+        losses = 0
+        if ename in retry.LOST_ERRORS:
             record = self.records.get(task_id)
-            lost = len([e for e in (record.extra.get("lost_on", "") if record else "").split(",") if e])
-            if lost + 1 < self.settings.max_engine_losses:
-                self.metrics.retries.labels("lost").inc()
-                return self.records.requeue(task_id, self.engine_id, "lost_on", fields=fields)
+            # A record that does not decode cannot say how often it was lost: give up on it.
+            losses = len(record.lost_on) if record is not None and not record.invalid else self.settings.max_engine_losses
+        decision = retry.after_outcome(header.lb, outcome.ok, outcome.unmet, ename, attempt, header.retries,
+                                       losses, self.settings.max_engine_losses)
+        if not decision.requeue:
+            if decision.note and outcome.error is not None:
+                outcome.error["evalue"] = str(outcome.error.get("evalue", "")) + decision.note
             return False
-        if int(header.get("attempt", 1)) <= int(header.get("retries", 0)):
-            self.metrics.retries.labels("failed").inc()
-            return self.records.requeue(task_id, self.engine_id, "failed_on", fields=fields)
-        return False
+        fields: dict[str, Any] = {}
+        if not outcome.unmet:
+            error = {**(outcome.error or {}), "engine_id": self.engine_id}
+            fields = {"last_error": json.dumps(error), "failed_at": repr(time.time())}
+        self.metrics.retries.labels(decision.reason).inc()
+        return self.records.requeue(task_id, self.engine_id, decision.listed_as, decision.attempts_delta, fields)
 
     def _outcome_fields(self, task_id: str, outcome: Outcome) -> tuple[str, dict[str, Any]]:
         """The final status and the record fields of an outcome."""

@@ -274,7 +274,7 @@ def test_resubmit_load_balanced_tasks(client, cluster, gates):
     assert new != old and ar.get(timeout=LONG) == 1024
     rec = client.db_query({"task_id": new})[0]
     assert (rec["kind"], rec["status"], rec["lb"], rec["retries"], rec["attempts"]) == ("map_task", COMPLETED,
-                                                                                         "1", 2, 1)
+                                                                                         True, 2, 1)
     assert client.resubmit([old]) == [1024]  # a list: a list of values
     # The aborted task is still aborted and never started
     rec = client.db_query({"task_id": aborted})[0]

@@ -6,7 +6,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from enginefarm import Client
+from enginefarm.errors import RemoteError
 from enginefarm.keys import generate_key_file
 from enginefarm.local import settings_env
 
@@ -39,7 +42,11 @@ def test_rotation_accepts_old_and_new_keys_by_key_id(settings, tmp_path):
         cluster2.start_engines(1)
         with Client(settings=stranger) as client:
             result = client[0].apply(pow, 2, 2, block=False)
-            assert not result.wait(3)
+            # It never runs, and its record says why rather than staying pending.
+            with pytest.raises(RemoteError) as refused:
+                result.get(timeout=30)
+            assert refused.value.ename == "MessageRefused" and "unknown-key" in refused.value.evalue
+            assert client.records.get(result.task_ids[0]).started is None
         with Client(settings=retired) as admin:
             from ..harness import wait_for
 

@@ -86,8 +86,8 @@ def test_second_sigterm_interrupts_and_task_runs_elsewhere(cluster, client, tmp_
     assert result.result == "long"
     assert result.engineid != engine_a.engine_id
     record = client.records.get(tid)
-    assert record.extra["lost_on"] == str(engine_a.engine_id)
-    assert "TaskInterrupted" in record.extra["last_error"]
+    assert record.lost_on == (engine_a.engine_id,)
+    assert record.last_error is not None and record.last_error["ename"] == "TaskInterrupted"
     assert lines(log) == ["long", "long"]  # started on A, interrupted, run again on B
 
 

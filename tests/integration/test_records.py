@@ -122,7 +122,7 @@ def test_records_of_direct_and_load_balanced_tasks(client, farm, store):
                                "summary", "lb")} == {
         "kind": "map_task", "status": COMPLETED, "engine_id": 0, "client_id": client.client_id,
         "attempts": 1, "stdout": "out 4\n", "stderr": "err 4\n", "summary": repr({"n": 4, "square": 16}),
-        "lb": "1",
+        "lb": True,
     }
     assert "error" not in ok
     assert before <= ok["submitted"] <= ok["started"] <= ok["completed"] <= after

@@ -172,7 +172,7 @@ def test_task_waits_until_an_engine_satisfies_its_depend(cluster, client, tmp_pa
     trace = str(tmp_path / "ran.txt")
     task_id = client.submit(MapTask(ft.record, (trace, "east"), depend=ft.zone_is("east")))
     # While no engine satisfies it, the task waits and its record says why
-    waiting = wait_for(lambda: client.records.get(task_id).extra.get("waiting"), TIMEOUT_S,
+    waiting = wait_for(lambda: client.records.get(task_id).waiting, TIMEOUT_S,
                        "the record to say the task is waiting")
     assert waiting == f"no live engine satisfies its depend (engines [{north.engine_id}] said no)"
     record = client.records.get(task_id)
@@ -187,14 +187,14 @@ def test_task_waits_until_an_engine_satisfies_its_depend(cluster, client, tmp_pa
     assert r.failure is None and r.result == "east"
     assert r.engineid == east.engine_id
     assert ft.pids(trace) == [east.pid]
-    assert "waiting" not in client.records.get(task_id).extra
+    assert client.records.get(task_id).waiting == ""
 
 
 def test_task_runs_when_an_engine_gains_the_property(cluster, client):
     cluster.start_scheduler()
     engine = cluster.start_engine(properties={"zone": "north"})
     task_id = client.submit(MapTask(int, ("9",), depend=ft.zone_is("west")))
-    wait_for(lambda: client.records.get(task_id).extra.get("waiting"), TIMEOUT_S, "the task to wait")
+    wait_for(lambda: client.records.get(task_id).waiting, TIMEOUT_S, "the task to wait")
     client[engine.engine_id].set_properties({"zone": "west"})
     r = client.get_task_result(task_id, block=True, timeout=TIMEOUT_S)
     assert (r.failure, r.result, r.engineid) == (None, 9, engine.engine_id)

@@ -51,7 +51,7 @@ def test_retry_prefers_an_engine_that_has_not_failed_it(cluster, client, tmp_pat
     # The retry ran on the other engine, which is also where the final failure came from
     assert first.engine_id != second.engine_id
     assert r.engineid == r.failure.engine_id == second.engine_id
-    assert client.records.get(r.taskid).extra["failed_on"] == str(first.engine_id)
+    assert client.records.get(r.taskid).failed_on == (first.engine_id,)
 
 
 def test_retries_rerun_a_failing_task_a_bounded_number_of_times(cluster, client, tmp_path):
@@ -129,7 +129,7 @@ def test_task_on_a_killed_engine_runs_again_elsewhere(cluster, client, tmp_path)
     assert r.engineid == survivor.engine_id
     assert r.attempts == 2
     assert ft.pids(trace) == [victim.pid, survivor.pid]
-    assert client.records.get(task_id).extra["lost_on"] == str(victim.engine_id)
+    assert client.records.get(task_id).lost_on == (victim.engine_id,)
     wait_for(lambda: client.ids == [survivor.engine_id], TIMEOUT_S, "the dead engine to leave")
 
 
@@ -143,12 +143,12 @@ def test_task_that_kills_its_engine_process_fails_after_bounded_attempts(cluster
     assert r.failure is not None
     assert r.failure.ename == "EngineProcessDied"
     assert r.failure.evalue == ("the engine's process died while running the task (exit code 1); "
-                                "its namespace was lost")
+                                "its namespace was lost (it lost 3 engines; giving up)")
     assert r.attempts == settings.max_engine_losses
     assert len(ft.lines(trace)) == settings.max_engine_losses
     record = client.records.get(r.taskid)
     assert record.status == "failed"
-    assert len(record.extra["lost_on"].split(",")) == settings.max_engine_losses - 1
+    assert len(record.lost_on) == settings.max_engine_losses - 1
     # The engines themselves survive: only their child processes died
     assert client.ids == sorted(d.engine_id for d in engines)
     assert all(d.proc.poll() is None for d in engines)

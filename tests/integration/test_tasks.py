@@ -140,7 +140,7 @@ def test_abort_tasks_that_have_not_started(client, one_engine, gates, tmp_path):
     trace = str(tmp_path / "ran.txt")
     # Given a task that waits in the scheduler (no engine satisfies its depend)...
     held = client.submit(MapTask(ft.record, (trace, "held"), depend=ft.zone_is("nowhere")))
-    wait_for(lambda: client.records.get(held).extra.get("waiting"), TIMEOUT_S, "the task to wait for an engine")
+    wait_for(lambda: client.records.get(held).waiting, TIMEOUT_S, "the task to wait for an engine")
     # ...and one queued behind a running task
     gate = gates.new()
     busy = client.submit(MapTask(ft.gate, (gate,)))
