@@ -337,6 +337,9 @@ class Scheduler:
                 self._stop.set()
                 return
             self.reaper.observe(True)
+            # Nothing else reads the reaper's connection: unanswered heartbeats would let the
+            # broker drop it, and the next reaping would find it dead.
+            self.reaper.broker.keepalive()
             self.metrics.engine_deaths.inc(len(self.reaper.reap_stale()))
             self.history.cull(self.settings.result_ttl_s, self.settings.max_records)
             self._refresh_engines()
