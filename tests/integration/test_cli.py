@@ -104,6 +104,16 @@ def test_keygen_without_path_uses_the_configured_key_file(tmp_path):
     assert result.stdout == f"wrote key {key_id(read_key_file(path))} to {path}\n"
 
 
+def test_keygen_through_a_symlink_is_one_clear_line(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    link = tmp_path / "cluster.key"
+    link.symlink_to(victim)
+    refused = run_cli("keygen", "--force", str(link))
+    assert_one_clear_line(refused, f"{link} is a symbolic link")
+    assert victim.read_text() == "precious\n"
+
+
 # --- an engine with an unusable key -------------------------------------------------------
 def engine_env(settings, key_path: str) -> dict[str, str]:
     env = settings_env(settings)
@@ -129,6 +139,16 @@ def test_engine_with_group_readable_key_fails_with_one_line_about_chmod(settings
     os.chmod(exposed, 0o640)
     result = run_cli("engine", "--cluster", settings.cluster, env=engine_env(settings, exposed))
     assert_one_clear_line(result, f"chmod 600 {exposed}", "mode 640")
+    assert nothing_registered(cluster)
+
+
+def test_engine_with_a_key_owned_by_another_user_fails_with_one_line_about_chown(settings, cluster, tmp_path):
+    foreign = str(tmp_path / "foreign.key")
+    shutil.copyfile(settings.key_file, foreign)
+    os.chmod(foreign, 0o600)
+    os.chown(foreign, 65534, -1)
+    result = run_cli("engine", "--cluster", settings.cluster, env=engine_env(settings, foreign))
+    assert_one_clear_line(result, "owned by uid 65534", f"chown {os.geteuid()} {foreign}")
     assert nothing_registered(cluster)
 
 
