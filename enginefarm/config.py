@@ -83,7 +83,10 @@ class Settings:
     failure_penalty_s: float = 5.0
     # Budget for finishing the running task after SIGTERM.
     drain_timeout_s: float = 60.0
+    # Prometheus /metrics of engines and schedulers (0 = not served). Loopback by default:
+    # the page tells anyone who can reach it what the cluster runs.
     metrics_port: int = 0
+    metrics_addr: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if not isinstance(self.cluster, str) or not _CLUSTER_RE.fullmatch(self.cluster):

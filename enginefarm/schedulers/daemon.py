@@ -91,7 +91,7 @@ class Scheduler:
     def run(self) -> int:
         self.setup()
         if self.settings.metrics_port:
-            self.metrics.serve(self.settings.metrics_port)
+            self.metrics.serve(self.settings.metrics_port, self.settings.metrics_addr)
         # Ready means serving: a standby waiting for the lease is a healthy scheduler too.
         notify(f"READY=1\nSTATUS=scheduler of cluster {self.settings.cluster}")
         log.info("scheduler %s (%s) waiting for the lease of cluster %r",

@@ -23,6 +23,8 @@ def test_defaults_with_empty_environment():
     assert (s.heartbeat_interval_s, s.engine_timeout_s) == (2.0, 10.0)
     assert s.amqp_heartbeat_s == 30 and s.prefetch == 64
     assert (s.batch_max, s.batch_window_s) == (32, 0.05)
+    # Metrics, once given a port, are for this host only unless an address is given.
+    assert (s.metrics_port, s.metrics_addr) == (0, "127.0.0.1")
 
 
 def test_environment_overrides_defaults_with_converted_types():
