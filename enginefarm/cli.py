@@ -268,6 +268,18 @@ def purge(cluster: str | None, task_ids: tuple[str, ...], everything: bool, engi
     emit(report, as_json, render)
 
 
+def parse_query(text: str) -> Any:
+    """The JSON of ``--query``; nesting too deep for the parser is refused as too deep a query."""
+    from .store.query import TOO_DEEP
+
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise Fail(TOO_DEEP) from None
+    except ValueError as exc:
+        raise Fail(f"--query is not valid JSON: {exc}") from exc
+
+
 @main.command()
 @cluster_option
 @click.option("--query", "query_text", default=None, help='Mongo-style JSON, e.g. \'{"status": "failed"}\'.')
@@ -279,10 +291,7 @@ def tasks(cluster: str | None, query_text: str | None, status_filter: str | None
     """The task history, oldest first."""
     query: dict[str, Any] = {}
     if query_text:
-        try:
-            query = json.loads(query_text)
-        except ValueError as exc:
-            raise Fail(f"--query is not valid JSON: {exc}") from exc
+        query = parse_query(query_text)
         if not isinstance(query, dict):
             raise Fail("--query must be a JSON object")
     if status_filter:
