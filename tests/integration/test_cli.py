@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from enginefarm.keys import key_id, read_key_file
 from enginefarm.local import settings_env
 from enginefarm.store import Registry
@@ -164,6 +166,19 @@ def test_engine_with_a_directory_as_key_file_fails_with_one_line(settings, clust
 def test_engine_with_a_bad_cluster_name_fails_with_one_line(settings):
     result = run_cli("engine", "--cluster", "no.dots", env=settings_env(settings))
     assert_one_clear_line(result, "invalid cluster name 'no.dots'")
+
+
+# --- server URLs that cannot work --------------------------------------------------------
+@pytest.mark.parametrize("command", [["status"], ["engine"], ["scheduler"]], ids=lambda c: c[0])
+@pytest.mark.parametrize("var, url", [
+    ("ENGINEFARM_REDIS_URL", "redis://127.0.0.1:notaport/0"),
+    ("ENGINEFARM_AMQP_URL", "amqp://guest:guest@127.0.0.1:99999/%2F"),
+], ids=["redis-port", "amqp-port"])
+def test_a_malformed_server_url_is_one_clear_line(settings, command, var, url):
+    env = {**settings_env(settings), var: url}
+    result = run_cli(*command, env=env)
+    assert result.returncode == 1
+    assert_one_clear_line(result, f"Error: {var} ", "invalid port")
 
 
 # --- a local cluster in the foreground ----------------------------------------------------
