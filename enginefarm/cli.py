@@ -20,6 +20,12 @@ def cluster_option(fn: Any) -> Any:
                         help="Cluster name (prefixes every queue and key).")(fn)
 
 
+def metrics_options(fn: Any) -> Any:
+    fn = click.option("--metrics-addr", default=None, metavar="ADDRESS",
+                      help="Address the metrics listen on (default 127.0.0.1; 0.0.0.0 for every interface).")(fn)
+    return click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")(fn)
+
+
 def parse_properties(pairs: tuple[str, ...]) -> dict[str, Any]:
     """KEY=VALUE pairs; a VALUE that parses as JSON is taken as JSON, else as a string."""
     properties: dict[str, Any] = {}
@@ -76,12 +82,13 @@ def keygen(path: str | None, force: bool) -> None:
 @cluster_option
 @click.option("--property", "properties", multiple=True, metavar="KEY=VALUE",
               help="Engine property (repeatable); VALUE may be JSON.")
-@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
-def engine(cluster: str | None, properties: tuple[str, ...], metrics_port: int | None) -> None:
+@metrics_options
+def engine(cluster: str | None, properties: tuple[str, ...], metrics_port: int | None,
+           metrics_addr: str | None) -> None:
     """Run one engine daemon in the foreground."""
     from .worker.engine import Engine
 
-    settings = run_guarded(Settings.load, cluster=cluster, metrics_port=metrics_port)
+    settings = run_guarded(Settings.load, cluster=cluster, metrics_port=metrics_port, metrics_addr=metrics_addr)
     daemon = Engine(settings, parse_properties(properties))
     daemon.install_signal_handlers()
     code = run_guarded(daemon.run)
@@ -92,14 +99,15 @@ def engine(cluster: str | None, properties: tuple[str, ...], metrics_port: int |
 @cluster_option
 @click.option("--scheme", default=None, envvar="ENGINEFARM_SCHEME",
               help="Scheduling scheme: fifo (default), lifo or priority.")
-@click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")
-def scheduler(cluster: str | None, scheme: str | None, metrics_port: int | None) -> None:
+@metrics_options
+def scheduler(cluster: str | None, scheme: str | None, metrics_port: int | None, metrics_addr: str | None) -> None:
     """Run the scheduler daemon (a second one waits as a standby)."""
     import signal
 
     from .schedulers.daemon import Scheduler
 
-    settings = run_guarded(Settings.load, cluster=cluster, scheme=scheme, metrics_port=metrics_port)
+    settings = run_guarded(Settings.load, cluster=cluster, scheme=scheme, metrics_port=metrics_port,
+                           metrics_addr=metrics_addr)
     try:
         daemon = Scheduler(settings)
     except ValueError as exc:
@@ -260,6 +268,18 @@ def purge(cluster: str | None, task_ids: tuple[str, ...], everything: bool, engi
     emit(report, as_json, render)
 
 
+def parse_query(text: str) -> Any:
+    """The JSON of ``--query``; nesting too deep for the parser is refused as too deep a query."""
+    from .store.query import TOO_DEEP
+
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise Fail(TOO_DEEP) from None
+    except ValueError as exc:
+        raise Fail(f"--query is not valid JSON: {exc}") from exc
+
+
 @main.command()
 @cluster_option
 @click.option("--query", "query_text", default=None, help='Mongo-style JSON, e.g. \'{"status": "failed"}\'.')
@@ -271,10 +291,7 @@ def tasks(cluster: str | None, query_text: str | None, status_filter: str | None
     """The task history, oldest first."""
     query: dict[str, Any] = {}
     if query_text:
-        try:
-            query = json.loads(query_text)
-        except ValueError as exc:
-            raise Fail(f"--query is not valid JSON: {exc}") from exc
+        query = parse_query(query_text)
         if not isinstance(query, dict):
             raise Fail("--query must be a JSON object")
     if status_filter:

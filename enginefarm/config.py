@@ -10,6 +10,7 @@ import math
 import os
 import re
 import typing
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -88,7 +89,10 @@ class Settings:
     failure_penalty_s: float = 5.0
     # Budget for finishing the running task after SIGTERM.
     drain_timeout_s: float = 60.0
+    # Prometheus /metrics of engines and schedulers (0 = not served). Loopback by default:
+    # the page tells anyone who can reach it what the cluster runs.
     metrics_port: int = 0
+    metrics_addr: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if not isinstance(self.cluster, str) or not _CLUSTER_RE.fullmatch(self.cluster):
@@ -102,6 +106,8 @@ class Settings:
             raise ConfigError("prefetch must be at least 1")
         if self.batch_max < 1 or not self.batch_window_s > 0:
             raise ConfigError("batch_max must be at least 1 and batch_window_s above 0")
+        check_amqp_url(self.amqp_url)
+        check_redis_url(self.redis_url)
 
     @property
     def resolved_key_file(self) -> str:
@@ -132,6 +138,75 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+
+# --- server URLs -----------------------------------------------------------------------------
+# One check per setting, built on one check per URL. Messages name the setting and the part that
+# is wrong, never the URL itself: it may carry a password.
+AMQP_SCHEMES = ("amqp", "amqps")
+REDIS_SCHEMES = ("redis", "rediss")
+
+
+def check_amqp_url(url: str) -> None:
+    """Refuse an AMQP url that pika could not connect with.
+
+    Raises:
+        ConfigError: one line naming ``ENGINEFARM_AMQP_URL`` and what is wrong.
+    """
+    _check_server_url("amqp_url", url, AMQP_SCHEMES)
+
+
+def check_redis_url(url: str) -> None:
+    """Refuse a Redis url that redis-py could not connect with.
+
+    Raises:
+        ConfigError: one line naming ``ENGINEFARM_REDIS_URL`` and what is wrong.
+    """
+    parts = _split_url("redis_url", url)
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise _url_error("redis_url", "names no socket path, as in unix:///run/redis/redis.sock")
+        return
+    _check_server_url("redis_url", url, REDIS_SCHEMES + ("unix",))
+    database = parts.path.lstrip("/")
+    if database and not database.isdigit():
+        raise _url_error("redis_url", "has a path that is not a database number, as in redis://host:6379/0")
+
+
+def _check_server_url(field: str, url: str, schemes: tuple[str, ...]) -> None:
+    """One server URL: a known scheme, a host, and a port (if given) from 1 to 65535."""
+    parts = _split_url(field, url)
+    if parts.scheme not in schemes:
+        raise _url_error(field, f"has scheme {parts.scheme!r}; use {' or '.join(s + '://' for s in schemes)}")
+    if not parts.hostname:
+        raise _url_error(field, "names no host")
+    raw_port = _raw_port(parts.netloc)
+    if raw_port and not (raw_port.isascii() and raw_port.isdigit() and 1 <= int(raw_port) <= 65535):
+        raise _url_error(field, f"has an invalid port {raw_port!r}: give a number from 1 to 65535")
+
+
+def _split_url(field: str, url: Any) -> urllib.parse.SplitResult:
+    if not isinstance(url, str):
+        raise _url_error(field, f"is not a URL but {type(url).__name__}")
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        raise _url_error(field, "is not a URL") from None
+    if not parts.scheme or "://" not in url:
+        raise _url_error(field, f"has scheme {url.split(':', 1)[0]!r}, or none: write it as scheme://host:port/...")
+    return parts
+
+
+def _raw_port(netloc: str) -> str:
+    """The port text after the host, as written (urllib refuses to show a bad one)."""
+    host = netloc.rpartition("@")[2]
+    if host.startswith("["):  # [IPv6]:port
+        return host.partition("]")[2].removeprefix(":")
+    return host.partition(":")[2]
+
+
+def _url_error(field: str, what: str) -> ConfigError:
+    return ConfigError(f"{ENV_PREFIX}{field.upper()} ({field}) {what}")
 
 
 def _convert(name: str, raw: str, kind: type) -> Any:

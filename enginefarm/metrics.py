@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from .errors import ConfigError
+
 TIME_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600)
 
 
@@ -40,6 +42,14 @@ class Metrics:
         self.history_records = Gauge("enginefarm_redis_history_records",
                                      "Task records in the cluster's history.", registry=r)
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
-        """Expose /metrics on ``port`` (a background thread of prometheus-client)."""
-        start_http_server(port, addr=addr, registry=self.registry)
+    def serve(self, port: int, addr: str = "127.0.0.1") -> None:
+        """Expose /metrics on ``addr``:``port`` (a background thread of prometheus-client).
+
+        Raises:
+            ConfigError: the address is not one of this host's, or the port is taken.
+        """
+        try:
+            start_http_server(port, addr=addr, registry=self.registry)
+        except (OSError, OverflowError) as exc:
+            raise ConfigError(f"cannot serve metrics on {addr} port {port} "
+                              f"(ENGINEFARM_METRICS_ADDR, ENGINEFARM_METRICS_PORT): {exc}") from exc

@@ -12,7 +12,7 @@ import logging
 import time
 
 from .broker import BrokerConnection
-from .broker.topology import delete_queue
+from .errors import BrokerError
 from .names import Names
 from .schedulers import retry
 from .store import Records, Registry, TaskRecord
@@ -70,8 +70,13 @@ class Reaper:
             return []
         reaped = []
         for engine_id in set(self.registry.stale_ids()) | set(self.registry.orphan_ids()):
-            if self.reap(engine_id, "stopped heartbeating"):
-                reaped.append(engine_id)
+            try:
+                if self.reap(engine_id, "stopped heartbeating"):
+                    reaped.append(engine_id)
+            except BrokerError as exc:
+                # Its tasks are settled and it left the live set: it stays registered, so a
+                # later pass finds it among the orphans and removes its queue then.
+                log.warning("engine %d: cannot remove its queue yet (%s); trying again later", engine_id, exc)
         return reaped
 
     def reap(self, engine_id: int, why: str) -> bool:
@@ -84,7 +89,7 @@ class Reaper:
             level = logging.INFO if why == "shut down" else logging.WARNING
             log.log(level, "engine %d %s; recovering its tasks", engine_id, why)
             self.settle_tasks(engine_id, why)
-            delete_queue(self.broker.open(), self.names.engine_queue(engine_id))
+            self.broker.delete_queue(self.names.engine_queue(engine_id))
             # Anything that slipped in between the settling and the queue's removal.
             self.settle_tasks(engine_id, why)
             self.registry.unregister(engine_id)

@@ -130,6 +130,20 @@ class BrokerConnection:
             if channel.is_open:
                 channel.close()
 
+    def delete_queue(self, queue: str) -> None:
+        """Delete ``queue``; one that is already gone is no error.
+
+        Raises:
+            BrokerError: the broker could not be reached or refused. The connection is
+                dropped, so the next call opens a fresh one.
+        """
+        channel = self.open()
+        try:
+            channel.queue_delete(queue)
+        except RECOVERABLE as exc:
+            self.close()
+            raise BrokerError(f"cannot delete queue {queue}: {type(exc).__name__} {exc}") from exc
+
     def keepalive(self) -> None:
         """Service heartbeats of an otherwise idle connection (call from its own thread)."""
         conn = self.connection

@@ -40,10 +40,6 @@ def declare_engine_queue(channel: Any, names: Names, engine_id: int) -> str:
     return queue
 
 
-def delete_queue(channel: Any, queue: str) -> None:
-    channel.queue_delete(queue)
-
-
 def queue_depth(channel: Any, queue: str) -> int | None:
     """Messages ready in ``queue`` (not counting unacked ones), or None if it does not exist.
 

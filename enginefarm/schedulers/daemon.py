@@ -92,7 +92,7 @@ class Scheduler:
     def run(self) -> int:
         self.setup()
         if self.settings.metrics_port:
-            self.metrics.serve(self.settings.metrics_port)
+            self.metrics.serve(self.settings.metrics_port, self.settings.metrics_addr)
         # Ready means serving: a standby waiting for the lease is a healthy scheduler too.
         notify(f"READY=1\nSTATUS=scheduler of cluster {self.settings.cluster}")
         log.info("scheduler %s (%s) waiting for the lease of cluster %r",
@@ -407,6 +407,9 @@ class Scheduler:
                 self._stop.set()
                 return
             self.reaper.observe(True)
+            # Nothing else reads the reaper's connection: unanswered heartbeats would let the
+            # broker drop it, and the next reaping would find it dead.
+            self.reaper.broker.keepalive()
             self.metrics.engine_deaths.inc(len(self.reaper.reap_stale()))
             self.history.cull(self.settings.result_ttl_s, self.settings.max_records)
             self._refresh_engines()

@@ -10,6 +10,10 @@ from collections.abc import Mapping
 from typing import Any
 
 OPERATORS = frozenset({"$lt", "$gt", "$lte", "$gte", "$ne", "$in", "$nin", "$exists"})
+# Far more than any real query needs; a bound keeps a hostile one from exhausting the stack of
+# whatever walks it later (equality, json, pickle).
+MAX_QUERY_DEPTH = 32
+TOO_DEEP = f"a query may nest at most {MAX_QUERY_DEPTH} levels of objects and lists"
 
 
 class QueryError(ValueError):
@@ -19,6 +23,7 @@ class QueryError(ValueError):
 def validate(query: Any) -> dict[str, Any]:
     if not isinstance(query, Mapping):
         raise QueryError(f"a query is a dict of field -> condition, not {type(query).__name__}")
+    _check_depth(query)
     for field, condition in query.items():
         if not isinstance(field, str) or field.startswith("$"):
             raise QueryError(f"bad field name {field!r} (top-level operators are not supported)")
@@ -29,6 +34,23 @@ def validate(query: Any) -> dict[str, Any]:
                 if op in ("$in", "$nin") and not isinstance(arg, (list, tuple, set)):
                     raise QueryError(f"{op} on {field!r} takes a list")
     return dict(query)
+
+
+def _check_depth(query: Mapping[str, Any]) -> None:
+    # Walked with a stack of its own, so the depth being checked cannot overflow ours; a value
+    # that contains itself is stopped by the bound too.
+    stack: list[tuple[Any, int]] = [(query, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, Mapping):
+            children: Any = value.values()
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            children = value
+        else:
+            continue
+        if depth > MAX_QUERY_DEPTH:
+            raise QueryError(TOO_DEEP)
+        stack.extend((child, depth + 1) for child in children)
 
 
 def _is_operator_dict(condition: Any) -> bool:

@@ -169,7 +169,7 @@ class Engine:
         """Serve until stopped; returns the process exit code."""
         self.setup()
         if self.settings.metrics_port:
-            self.metrics.serve(self.settings.metrics_port)
+            self.metrics.serve(self.settings.metrics_port, self.settings.metrics_addr)
         log.info("engine %d of cluster %r registered (pid %d)", self.engine_id, self.settings.cluster, os.getpid())
         threads = [
             threading.Thread(target=self._work, name="worker", daemon=True),

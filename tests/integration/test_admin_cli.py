@@ -333,7 +333,14 @@ def test_shutdown(cli, client, cluster, settings):
     (["tasks", "--query", '{"status": {"$in": "pending"}}'], "Error: $in on 'status' takes a list"),
     (["tasks", "--json", "--query", '{"$or": []}'],
      "Error: bad field name '$or' (top-level operators are not supported)"),
-], ids=["abort", "resubmit", "purge", "json", "not-object", "operator", "in-not-list", "top-level-op"])
+    (["tasks", "--query", '{"status": ' + "[" * 3000 + "]" * 3000 + "}"],
+     "Error: a query may nest at most 32 levels of objects and lists"),
+    (["tasks", "--query", '{"a": ' * 3000 + "1" + "}" * 3000],
+     "Error: a query may nest at most 32 levels of objects and lists"),
+    (["tasks", "--query", '{"status": {"$in": ' + "[" * 40 + "]" * 40 + "}}"],
+     "Error: a query may nest at most 32 levels of objects and lists"),
+], ids=["abort", "resubmit", "purge", "json", "not-object", "operator", "in-not-list", "top-level-op",
+        "deep-json-lists", "deep-json-objects", "deep-query"])
 def test_bad_input_is_one_error_line(cli, settings, args, message):
     proc = cli(*args)
     assert one_error_line(proc) == message.format(cluster=settings.cluster)

@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from enginefarm.keys import key_id, read_key_file
 from enginefarm.local import settings_env
 from enginefarm.store import Registry
@@ -104,6 +106,16 @@ def test_keygen_without_path_uses_the_configured_key_file(tmp_path):
     assert result.stdout == f"wrote key {key_id(read_key_file(path))} to {path}\n"
 
 
+def test_keygen_through_a_symlink_is_one_clear_line(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    link = tmp_path / "cluster.key"
+    link.symlink_to(victim)
+    refused = run_cli("keygen", "--force", str(link))
+    assert_one_clear_line(refused, f"{link} is a symbolic link")
+    assert victim.read_text() == "precious\n"
+
+
 # --- an engine with an unusable key -------------------------------------------------------
 def engine_env(settings, key_path: str) -> dict[str, str]:
     env = settings_env(settings)
@@ -132,6 +144,16 @@ def test_engine_with_group_readable_key_fails_with_one_line_about_chmod(settings
     assert nothing_registered(cluster)
 
 
+def test_engine_with_a_key_owned_by_another_user_fails_with_one_line_about_chown(settings, cluster, tmp_path):
+    foreign = str(tmp_path / "foreign.key")
+    shutil.copyfile(settings.key_file, foreign)
+    os.chmod(foreign, 0o600)
+    os.chown(foreign, 65534, -1)
+    result = run_cli("engine", "--cluster", settings.cluster, env=engine_env(settings, foreign))
+    assert_one_clear_line(result, "owned by uid 65534", f"chown {os.geteuid()} {foreign}")
+    assert nothing_registered(cluster)
+
+
 def test_engine_with_a_directory_as_key_file_fails_with_one_line(settings, cluster, tmp_path):
     # e.g. ENGINEFARM_KEY_FILE=~/.config/enginefarm instead of .../enginefarm/key
     folder = tmp_path / "enginefarm"
@@ -144,6 +166,19 @@ def test_engine_with_a_directory_as_key_file_fails_with_one_line(settings, clust
 def test_engine_with_a_bad_cluster_name_fails_with_one_line(settings):
     result = run_cli("engine", "--cluster", "no.dots", env=settings_env(settings))
     assert_one_clear_line(result, "invalid cluster name 'no.dots'")
+
+
+# --- server URLs that cannot work --------------------------------------------------------
+@pytest.mark.parametrize("command", [["status"], ["engine"], ["scheduler"]], ids=lambda c: c[0])
+@pytest.mark.parametrize("var, url", [
+    ("ENGINEFARM_REDIS_URL", "redis://127.0.0.1:notaport/0"),
+    ("ENGINEFARM_AMQP_URL", "amqp://guest:guest@127.0.0.1:99999/%2F"),
+], ids=["redis-port", "amqp-port"])
+def test_a_malformed_server_url_is_one_clear_line(settings, command, var, url):
+    env = {**settings_env(settings), var: url}
+    result = run_cli(*command, env=env)
+    assert result.returncode == 1
+    assert_one_clear_line(result, f"Error: {var} ", "invalid port")
 
 
 # --- a local cluster in the foreground ----------------------------------------------------

@@ -217,6 +217,39 @@ def _reachable(port: int) -> bool:
         return False
 
 
+def listening_addresses(port: int) -> set[str]:
+    """The IPv4 addresses with a socket listening on TCP ``port``, from /proc/net/tcp."""
+    found = set()
+    with open("/proc/net/tcp", encoding="ascii") as handle:
+        next(handle)
+        for line in handle:
+            local, state = line.split()[1], line.split()[3]
+            hex_ip, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(socket.inet_ntoa(bytes.fromhex(hex_ip)[::-1]))
+    return found
+
+
+@pytest.mark.parametrize("how", ["default", "env", "option"])
+def test_metrics_listen_on_loopback_unless_told_otherwise(cluster, how):
+    # Given daemons told a metrics port, and an address by the environment, an option or not at all
+    engine_port, scheduler_port = free_port(), free_port()
+    env = {"ENGINEFARM_METRICS_ADDR": "0.0.0.0"} if how == "env" else {}
+    option = ["--metrics-addr", "0.0.0.0"] if how == "option" else []
+    cluster.spawn(["scheduler", "--cluster", cluster.settings.cluster, "--metrics-port", str(scheduler_port),
+                   *option], env)
+    engine = cluster.spawn(["engine", "--cluster", cluster.settings.cluster, "--metrics-port", str(engine_port),
+                            *option], env)
+    cluster.wait_engine(engine)
+    # When they serve /metrics
+    wait_for(lambda: _reachable(engine_port) and _reachable(scheduler_port), 30, "metrics endpoints")
+    # Then they listen on loopback only, unless an address was given
+    expected = {"127.0.0.1"} if how == "default" else {"0.0.0.0"}
+    assert listening_addresses(engine_port) == expected
+    assert listening_addresses(scheduler_port) == expected
+    assert ("enginefarm_engines_registered", ()) in scrape(engine_port)
+
+
 def test_engine_speaks_sd_notify(cluster, tmp_path):
     path = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

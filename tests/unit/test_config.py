@@ -23,6 +23,8 @@ def test_defaults_with_empty_environment():
     assert (s.heartbeat_interval_s, s.engine_timeout_s) == (2.0, 10.0)
     assert s.amqp_heartbeat_s == 30 and s.prefetch == 64
     assert (s.batch_max, s.batch_window_s) == (32, 0.05)
+    # Metrics, once given a port, are for this host only unless an address is given.
+    assert (s.metrics_port, s.metrics_addr) == (0, "127.0.0.1")
 
 
 def test_environment_overrides_defaults_with_converted_types():
@@ -114,6 +116,47 @@ def test_nan_timing_from_environment_is_refused(var):
     # the timeout to a Lua script, where Redis rejects 'nan': "min or max is not a float".)
     with pytest.raises(ConfigError):
         Settings.load(env={var: "nan"})
+
+
+# --- server URLs ----------------------------------------------------------------------------
+@pytest.mark.parametrize("field, url", [
+    ("amqp_url", "amqp://guest:guest@127.0.0.1:5672/%2F"),
+    ("amqp_url", "amqps://u:p@broker.internal:5671/enginefarm"),
+    ("amqp_url", "amqp://broker.internal/%2F"),
+    ("amqp_url", "amqp://u:p@[::1]:5672/%2F"),
+    ("redis_url", "redis://127.0.0.1:6379/0"),
+    ("redis_url", "rediss://enginefarm:secret@redis.internal:6380/0"),
+    ("redis_url", "redis://redis.internal"),
+    ("redis_url", "redis://[::1]:6379/0"),
+    ("redis_url", "unix:///run/redis/redis.sock?db=0"),
+])
+def test_server_urls_that_work_are_accepted(field, url):
+    assert getattr(Settings.load(env={}, **{field: url}), field) == url
+
+
+@pytest.mark.parametrize("var, url, says", [
+    ("ENGINEFARM_REDIS_URL", "redis://127.0.0.1:notaport/0", "invalid port 'notaport'"),
+    ("ENGINEFARM_REDIS_URL", "redis://:hunter2@127.0.0.1:70000/0", "invalid port '70000'"),
+    ("ENGINEFARM_REDIS_URL", "redis://127.0.0.1:0/0", "invalid port '0'"),
+    ("ENGINEFARM_REDIS_URL", "http://127.0.0.1:6379/0", "scheme 'http'"),
+    ("ENGINEFARM_REDIS_URL", "127.0.0.1:6379", "scheme '127.0.0.1'"),
+    ("ENGINEFARM_REDIS_URL", "redis:///0", "no host"),
+    ("ENGINEFARM_REDIS_URL", "unix://", "no socket path"),
+    ("ENGINEFARM_REDIS_URL", "redis+sentinel://s1:26379/mymaster", "scheme 'redis+sentinel'"),
+    ("ENGINEFARM_REDIS_URL", "redis://a:6379/0,redis://:hunter2@b:6379/0", "database number"),
+    ("ENGINEFARM_REDIS_URL", "redis://127.0.0.1:6379/zero", "database number"),
+    ("ENGINEFARM_AMQP_URL", "amqp://guest:hunter2@127.0.0.1:99999/%2F", "invalid port '99999'"),
+    ("ENGINEFARM_AMQP_URL", "amqp://guest:hunter2@127.0.0.1:x/%2F", "invalid port 'x'"),
+    ("ENGINEFARM_AMQP_URL", "redis://127.0.0.1:5672/%2F", "scheme 'redis'"),
+    ("ENGINEFARM_AMQP_URL", "amqp://guest:hunter2@/%2F", "no host"),
+    ("ENGINEFARM_AMQP_URL", "amqp://[::1/%2F", "not a URL"),
+])
+def test_a_bad_server_url_is_one_config_error_naming_the_setting(var, url, says):
+    with pytest.raises(ConfigError) as info:
+        Settings.load(env={var: url})
+    message = str(info.value)
+    assert message.startswith(f"{var} ") and says in message, message
+    assert "\n" not in message and "hunter2" not in message
 
 
 def test_unknown_override_is_refused():

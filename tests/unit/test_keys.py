@@ -85,6 +85,57 @@ def test_keygen_force_tightens_an_existing_open_file(tmp_path):
     assert mode_of(path) == 0o600
 
 
+# --- keygen into a directory others can write ---------------------------------------------
+NOBODY = 65534
+
+
+def test_keygen_does_not_follow_a_symlink_planted_at_a_guessable_temp_name(tmp_path):
+    # Given another user's symlink where a temp file named after the key and our pid would go
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    path = tmp_path / "cluster.key"
+    planted = tmp_path / f"cluster.key.tmp{os.getpid()}"
+    planted.symlink_to(victim)
+    # When the key is generated there
+    kid = generate_key_file(str(path))
+    # Then the victim is untouched, the link is left as it was, and the key is a file of its own
+    assert victim.read_text() == "precious\n"
+    assert planted.is_symlink() and os.readlink(planted) == str(victim)
+    assert not path.is_symlink() and mode_of(path) == 0o600
+    assert key_id(read_key_file(str(path))) == kid
+
+
+def test_keygen_does_not_write_into_a_pre_created_temp_file(tmp_path):
+    # Given a file another user made (and may hold open) at a guessable temp name
+    path = tmp_path / "cluster.key"
+    planted = tmp_path / f"cluster.key.tmp{os.getpid()}"
+    planted.write_text("")
+    planted.chmod(0o666)
+    # When the key is generated
+    generate_key_file(str(path))
+    # Then that file never received the key
+    assert planted.read_text() == ""
+    assert sorted(os.listdir(tmp_path)) == ["cluster.key", planted.name]
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_keygen_refuses_a_symlink_at_the_key_path(tmp_path, overwrite):
+    # Given the key path is a symlink (dangling, or to a file another user wants overwritten)
+    victim = tmp_path / "victim"
+    if overwrite:
+        victim.write_text("precious\n")
+    path = tmp_path / "cluster.key"
+    path.symlink_to(victim)
+    # When a key is generated there, with or without --force
+    with pytest.raises(KeyFileError) as info:
+        generate_key_file(str(path), overwrite=overwrite)
+    # Then it is refused in one line and nothing is written anywhere
+    assert "symbolic link" in str(info.value) and "\n" not in str(info.value)
+    assert path.is_symlink()
+    assert (victim.read_text() == "precious\n") if overwrite else not victim.exists()
+    assert sorted(os.listdir(tmp_path)) == sorted(["cluster.key", *(["victim"] if overwrite else [])])
+
+
 # --- reading ------------------------------------------------------------------------------
 def test_read_key_file_returns_the_key(tmp_path):
     path = tmp_path / "k"
@@ -121,6 +172,29 @@ def test_owner_only_modes_are_accepted(tmp_path, mode):
     generate_key_file(str(path))
     path.chmod(mode)
     assert len(read_key_file(str(path))) == KEY_BYTES
+
+
+def test_a_symlink_to_a_key_is_refused(tmp_path):
+    real = tmp_path / "real.key"
+    generate_key_file(str(real))
+    link = tmp_path / "cluster.key"
+    link.symlink_to(real)
+    with pytest.raises(KeyFileError) as info:
+        read_key_file(str(link))
+    assert f"cluster key {link} is a symbolic link" in str(info.value)
+
+
+def test_a_key_owned_by_another_user_is_refused(tmp_path):
+    # Given a private key file that another user owns (and so could rewrite)
+    path = tmp_path / "k"
+    generate_key_file(str(path))
+    os.chown(path, NOBODY, -1)
+    # When it is read, then it is refused in one line naming the owner and the way out
+    with pytest.raises(KeyFileError) as info:
+        read_key_file(str(path))
+    message = str(info.value)
+    assert f"owned by uid {NOBODY}" in message and f"uid {os.geteuid()}" in message
+    assert f"chown {os.geteuid()} {path}" in message and "\n" not in message
 
 
 @pytest.mark.parametrize("content", [b"", b"not hex at all", b"abcd", b"00" * 15, b"\xff\xfe" * 20])

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from enginefarm.store.query import (
+    MAX_QUERY_DEPTH,
     OPERATORS,
     QueryError,
     equal_values,
@@ -203,6 +204,33 @@ def test_validate_accepts_every_documented_operator():
     query = {"a": {"$lt": 1, "$gt": 0, "$lte": 1, "$gte": 0, "$ne": 2, "$exists": True},
              "b": {"$in": [1], "$nin": {2}}}
     assert validate(query) == query
+
+
+def nested(depth: int, leaf=1):
+    """``depth`` levels of alternating lists and objects around ``leaf``, built without recursion."""
+    value = leaf
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+def test_validate_accepts_a_query_nested_to_the_bound():
+    # (the query itself is the first level)
+    query = {"payload": nested(MAX_QUERY_DEPTH - 1)}
+    assert validate(query) == query
+
+
+@pytest.mark.parametrize("depth", [MAX_QUERY_DEPTH, 3000])
+def test_validate_refuses_a_query_nested_past_the_bound(depth):
+    with pytest.raises(QueryError, match=f"a query may nest at most {MAX_QUERY_DEPTH} levels"):
+        validate({"payload": nested(depth)})
+
+
+def test_validate_refuses_a_query_that_contains_itself():
+    loop: list = []
+    loop.append(loop)
+    with pytest.raises(QueryError, match="at most"):
+        validate({"status": {"$in": loop}})
 
 
 def test_query_error_is_a_value_error():
