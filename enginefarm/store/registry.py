@@ -7,12 +7,18 @@ with skewed clocks agree on who is alive.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
 from ..names import Names
 from .connection import translate_errors
+
+if TYPE_CHECKING:
+    from redis.typing import EncodableT, FieldT
+
+# Replies are bytes: the client does not decode them (see ``connect``). redis-py types a reply
+# for every client setting (bytes | str, and RESP3's shapes), so the casts below say which.
 
 # Lowest free id wins, so a restarted cluster gets ids 0..n-1 again. An id stays taken until
 # its engine is unregistered (cleanly or by a reaper), so a dead engine's queue is never
@@ -143,7 +149,7 @@ class Registry:
         """
         with translate_errors():
             held = self.redis.hgetall(self.names.engines)
-            beating = {int(i) for i in self.redis.zrange(self.names.heartbeats, 0, -1)}
+            beating = {int(i) for i in cast("list[bytes]", self.redis.zrange(self.names.heartbeats, 0, -1))}
             seconds, micros = self.redis.time()
         cutoff = seconds + micros / 1e6 - 2 * self.engine_timeout_s
         return sorted(
@@ -161,11 +167,12 @@ class Registry:
         """Registration info (host, pid, started, heartbeat) of one or all engines."""
         with translate_errors():
             if engine_id is None:
-                raw = self.redis.hgetall(self.names.engines)
+                raw: dict[Any, bytes | str] = self.redis.hgetall(self.names.engines)  # keys: bytes or int
             else:
                 value = self.redis.hget(self.names.engines, engine_id)
                 raw = {engine_id: value} if value is not None else {}
-            beats = dict(self.redis.zrange(self.names.heartbeats, 0, -1, withscores=True))
+            beats = dict(cast("list[tuple[bytes, float]]",
+                              self.redis.zrange(self.names.heartbeats, 0, -1, withscores=True)))
         result: dict[int, dict[str, Any]] = {}
         for key, value in raw.items():
             eid = int(key)
@@ -187,7 +194,8 @@ class Registry:
     def running(self, engine_id: int) -> list[str]:
         """The tasks an engine has claimed and not finished (running, or next in its batch)."""
         with translate_errors():
-            return sorted(t.decode() for t in self.redis.smembers(self.names.engine_claimed(engine_id)))
+            return sorted(t.decode() for t in cast("set[bytes]",
+                                                   self.redis.smembers(self.names.engine_claimed(engine_id))))
 
     def running_many(self, engine_ids: list[int]) -> list[set[str]]:
         """What each engine has claimed, in one round trip."""
@@ -201,7 +209,8 @@ class Registry:
 
     def pending(self, engine_id: int) -> set[str]:
         with translate_errors():
-            return {v.decode() for v in self.redis.smembers(self.names.engine_pending(engine_id))}
+            return {v.decode() for v in cast("set[bytes]",
+                                             self.redis.smembers(self.names.engine_pending(engine_id)))}
 
     def pending_count(self, engine_id: int) -> int:
         with translate_errors():
@@ -212,7 +221,7 @@ class Registry:
         """Raises: ValueError for a value that is not JSON-serializable."""
         if not properties:
             return
-        encoded = {str(k): _json_value(k, v) for k, v in properties.items()}
+        encoded: dict[FieldT, EncodableT] = {str(k): _json_value(k, v) for k, v in properties.items()}
         with translate_errors():
             pipe = self.redis.pipeline(transaction=True)
             pipe.hset(self.names.engine_properties(engine_id), mapping=encoded)
@@ -223,7 +232,8 @@ class Registry:
         key = self.names.engine_properties(engine_id)
         with translate_errors():
             if keys is None:
-                raw = {k.decode(): v for k, v in self.redis.hgetall(key).items()}
+                raw = {k.decode(): v
+                       for k, v in cast("dict[bytes, bytes | str]", self.redis.hgetall(key)).items()}
             else:
                 values = self.redis.hmget(key, keys) if keys else []
                 raw = {k: v for k, v in zip(keys, values) if v is not None}
