@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 from .client import Client
 from .errors import TaskError
 from .store.records import ABORTED, PENDING, error_fields
+
+
+class EngineStatus(TypedDict):
+    """One engine in ``cluster_status``."""
+
+    engine_id: int
+    host: str | None
+    pid: int | None
+    alive: bool
+    heartbeat_age_s: float | None
+    properties: dict[str, Any]
+    running: list[str]
+    queued: int
 
 
 def cluster_status(client: Client) -> dict[str, Any]:
@@ -14,7 +27,7 @@ def cluster_status(client: Client) -> dict[str, Any]:
     client._connect()
     server_now = client.registry.server_time()
     live = set(client.ids)
-    engines = []
+    engines: list[EngineStatus] = []
     for engine_id, info in sorted(client.registry.info().items()):
         beat = info.get("last_heartbeat")
         engines.append({

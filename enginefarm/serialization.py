@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import pickle
-from typing import Any
+from typing import Any, cast
 
 import cloudpickle
 
@@ -30,7 +30,7 @@ def dumps(obj: Any, what: str = "") -> bytes:
         SerializationError: naming ``what`` (or the object) and the reason.
     """
     try:
-        return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        return cast(bytes, cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))  # cloudpickle is untyped
     except Exception as exc:  # pickling can raise nearly anything
         label = what or describe(obj)
         raise SerializationError(f"cannot pickle {label}: {type(exc).__name__}: {exc}") from exc

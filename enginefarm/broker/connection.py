@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 import pika
 import pika.exceptions
 
 from ..errors import BrokerError
+
+if TYPE_CHECKING:
+    from pika.adapters.blocking_connection import BlockingChannel
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ class BrokerConnection:
         url: str,
         heartbeat_s: int = 30,
         name: str = "enginefarm",
-        on_open: Callable[[Any], None] | None = None,
+        on_open: Callable[[BlockingChannel], None] | None = None,
         reconnect_window_s: float = 60.0,
     ) -> None:
         self.url = url
@@ -55,17 +58,19 @@ class BrokerConnection:
         self.on_open = on_open
         self.reconnect_window_s = reconnect_window_s
         self.connection: pika.BlockingConnection | None = None
-        self.channel: Any = None
+        self.channel: BlockingChannel | None = None
         # Bumped on every re-open: delivery tags of an older generation are void.
         self.generation = 0
 
-    def open(self) -> Any:
+    def open(self) -> BlockingChannel:
         """Return an open channel, connecting (with retries) if needed.
 
         Raises:
             BrokerError: the broker did not answer within the reconnect window.
         """
-        if self.channel is not None and self.channel.is_open and self.connection.is_open:
+        # A channel is only ever set together with its connection.
+        if (self.channel is not None and self.channel.is_open
+                and cast(pika.BlockingConnection, self.connection).is_open):
             return self.channel
         self.close()
         deadline = time.monotonic() + self.reconnect_window_s
@@ -105,7 +110,7 @@ class BrokerConnection:
         self.open()
         depths: dict[str, int | None] = {}
         for queue in queues:
-            channel = self.connection.channel()
+            channel = cast(pika.BlockingConnection, self.connection).channel()  # opened above
             try:
                 depths[queue] = int(channel.queue_declare(queue, passive=True).method.message_count)
             except pika.exceptions.ChannelClosedByBroker as exc:
@@ -119,9 +124,10 @@ class BrokerConnection:
     def purge_queue(self, queue: str) -> int:
         """Drop the ready messages of ``queue``; returns how many (0 if it does not exist)."""
         self.open()
-        channel = self.connection.channel()
+        channel = cast(pika.BlockingConnection, self.connection).channel()  # opened above
         try:
-            return int(channel.queue_purge(queue).method.message_count)
+            # PurgeOk's count is None only in one built locally; the broker's always has it.
+            return int(cast(int, channel.queue_purge(queue).method.message_count))
         except pika.exceptions.ChannelClosedByBroker as exc:
             if exc.reply_code == 404:
                 return 0

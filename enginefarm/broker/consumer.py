@@ -7,10 +7,16 @@ import threading
 from queue import Empty
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import BrokerError
 from .connection import RECOVERABLE, BrokerConnection
+
+if TYPE_CHECKING:
+    import queue as queue_module
+
+    from pika.adapters.blocking_connection import BlockingChannel
+    from pika.spec import Basic, BasicProperties
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +44,7 @@ class Consumer:
     def __init__(
         self,
         url: str,
-        setup: Callable[[Any], list[str]],
+        setup: Callable[[BlockingChannel], list[str]],
         on_message: Callable[[Delivery], None],
         prefetch: int = 4,
         heartbeat_s: int = 30,
@@ -78,19 +84,21 @@ class Consumer:
         self._generation = self.link.generation
         self.ready.set()
 
-    def _consume(self, channel: Any, queue: str) -> None:
+    def _consume(self, channel: BlockingChannel, queue: str) -> None:
         tag = channel.basic_consume(queue, self._on_delivery, auto_ack=False)
         self._tags[queue], self._queue_of[tag] = tag, queue
 
-    def _on_delivery(self, channel: Any, method: Any, props: Any, body: bytes) -> None:
+    def _on_delivery(self, channel: BlockingChannel, method: Basic.Deliver, props: BasicProperties,
+                     body: bytes) -> None:
+        # A Deliver the broker sent has every field (pika's types allow None for an empty one).
         delivery = Delivery(
             body=body,
-            tag=method.delivery_tag,
+            tag=cast(int, method.delivery_tag),
             generation=self.link.generation,
             redelivered=bool(method.redelivered),
-            routing_key=method.routing_key,
+            routing_key=cast(str, method.routing_key),
             headers=dict(props.headers or {}),
-            queue=self._queue_of.get(method.consumer_tag, ""),
+            queue=self._queue_of.get(cast(str, method.consumer_tag), ""),
         )
         self._unsettled.add(delivery.tag)
         self.on_message(delivery)
@@ -167,7 +175,7 @@ class Consumer:
 
         self._call(do)
 
-    def shed(self, queue: str, buffer: Any) -> None:
+    def shed(self, queue: str, buffer: queue_module.Queue[Delivery]) -> None:
         """Stop consuming ``queue`` for now and give back what it delivered that still waits
         in ``buffer`` (the queue.Queue ``on_message`` feeds; other deliveries keep their
         order), so that other consumers take it: for a worker busy with a long task."""
@@ -181,7 +189,7 @@ class Consumer:
             if tag is not None:
                 # pika gives back, one by one, what arrives for the tag until the cancel is done.
                 channel.basic_cancel(tag)
-            kept = []
+            kept: list[Delivery] = []
             while True:
                 try:
                     delivery = buffer.get_nowait()

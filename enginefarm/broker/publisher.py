@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 import pika
 import pika.exceptions
@@ -16,9 +16,34 @@ import pika.spec
 from ..errors import BrokerError, UnroutableError
 from .connection import RECOVERABLE, BrokerConnection
 
+if TYPE_CHECKING:
+    import pika.channel
+    import pika.frame
+    from pika.adapters.blocking_connection import BlockingChannel
+
 log = logging.getLogger(__name__)
 
-PERSISTENT = 2
+PERSISTENT: Final = 2
+
+
+class _ImplChannel(Protocol):
+    """A BlockingChannel with pika's private ``_impl``: the asynchronous channel under it, which
+    ``send`` publishes on without waiting and takes confirms and returns from by callback."""
+
+    _impl: pika.channel.Channel
+
+    @property
+    def is_open(self) -> bool: ...
+
+
+class _FlushingConnection(Protocol):
+    """A BlockingConnection with pika's private ``_flush_output`` (see ``Publisher._await``)."""
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> object: ...
+
+    def remove_timeout(self, timeout_id: object) -> None: ...
+
+    def _flush_output(self, *waiters: Callable[[], object]) -> None: ...
 
 
 @dataclass
@@ -31,7 +56,7 @@ class Outgoing:
     on_return: Callable[[], None] | None = None
 
 
-def output_buffers(connection: Any) -> collections.deque[bytes] | None:
+def output_buffers(connection: object) -> collections.deque[bytes] | None:
     """The frames a pika connection has waiting to go out, or None where its transport is not
     the one this knows (pika keeps them in a private deque)."""
     transport = getattr(getattr(connection, "_impl", None), "_transport", None)
@@ -39,7 +64,7 @@ def output_buffers(connection: Any) -> collections.deque[bytes] | None:
     return buffers if isinstance(buffers, collections.deque) else None
 
 
-def coalesce_output(connection: Any) -> None:
+def coalesce_output(connection: object) -> None:
     """Join the frames waiting to go out into one buffer.
 
     pika's transport sends each frame with its own ``send()``: three system calls per message,
@@ -65,7 +90,7 @@ class Publisher:
         url: str,
         heartbeat_s: int = 30,
         name: str = "enginefarm-publisher",
-        on_open: Callable[[Any], None] | None = None,
+        on_open: Callable[[BlockingChannel], None] | None = None,
         attempts: int = 5,
         reconnect_window_s: float = 30.0,
     ) -> None:
@@ -74,20 +99,20 @@ class Publisher:
         self.link = BrokerConnection(url, heartbeat_s, name, on_open=self._setup,
                                      reconnect_window_s=reconnect_window_s)
         # A second channel, whose confirms are collected after publishing (``send``/``pump``).
-        self._async: Any = None
+        self._async: _ImplChannel | None = None
         self._async_generation = -1
         self._unsent: list[Outgoing] = []
         self._unconfirmed: dict[int, Outgoing] = {}
         self._seq = 0
         self._returned: set[int] = set()
 
-    def _setup(self, channel: Any) -> None:
+    def _setup(self, channel: BlockingChannel) -> None:
         channel.confirm_delivery()
         if self._on_open is not None:
             self._on_open(channel)
 
     @property
-    def channel(self) -> Any:
+    def channel(self) -> BlockingChannel:
         return self.link.open()
 
     def publish(
@@ -165,13 +190,13 @@ class Publisher:
                 log.warning("waiting for confirms failed: %s; reconnecting", type(exc).__name__)
                 self.link.close()
 
-    def _await(self, done: Callable[[], bool], limit_s: float) -> None:
+    def _await(self, done: Callable[[], object], limit_s: float) -> None:
         """Run the connection's I/O until ``done()`` or ``limit_s`` passes.
 
         process_data_events cannot stop at a confirm taken by a channel callback (it waits out
         its time limit), so this runs pika's own flush loop with our condition.
         """
-        conn = self.link.connection
+        conn = cast(_FlushingConnection, self.link.connection)  # open: ``_drive`` ran just before
         deadline = time.monotonic() + limit_s
         # The timer only wakes the loop at the deadline; it is removed unfired or fired.
         timer = conn.call_later(limit_s, lambda: None)
@@ -193,7 +218,7 @@ class Publisher:
                     self._seq += 1
                     self._unconfirmed[self._seq] = self._unsent.pop(0)
                 coalesce_output(self.link.connection)
-                self.link.connection.process_data_events(0)
+                cast(pika.BlockingConnection, self.link.connection).process_data_events(0)  # opened above
                 return
             except RECOVERABLE as exc:
                 last = exc
@@ -201,19 +226,20 @@ class Publisher:
                 self.link.close()
         raise BrokerError(f"could not publish: {type(last).__name__}: {last}") from last
 
-    def _async_channel(self) -> Any:
+    def _async_channel(self) -> _ImplChannel:
         self.link.open()
         if self._async is None or self._async_generation != self.link.generation or not self._async.is_open:
             # A new channel numbers its publishes from 1: what the old one never confirmed goes again.
             self._unsent[:0] = [self._unconfirmed[n] for n in sorted(self._unconfirmed)]
             self._unconfirmed, self._seq, self._returned = {}, 0, set()
-            self._async = self.link.connection.channel()
+            self._async = cast(_ImplChannel, cast(pika.BlockingConnection, self.link.connection).channel())
             self._async._impl.confirm_delivery(self._on_confirm)
             self._async._impl.add_on_return_callback(self._on_return)
             self._async_generation = self.link.generation
         return self._async
 
-    def _on_return(self, channel: Any, method: Any, properties: Any, body: bytes) -> None:
+    def _on_return(self, channel: pika.channel.Channel, method: pika.spec.Basic.Return,
+                   properties: pika.spec.BasicProperties, body: bytes) -> None:
         # A return comes just before the confirm of the same message, which is the oldest
         # unconfirmed one with this body.
         for seq in sorted(self._unconfirmed):
@@ -221,7 +247,7 @@ class Publisher:
                 self._returned.add(seq)
                 return
 
-    def _on_confirm(self, frame: Any) -> None:
+    def _on_confirm(self, frame: pika.frame.Method[pika.spec.Basic.Ack | pika.spec.Basic.Nack]) -> None:
         method = frame.method
         tag = method.delivery_tag
         done = [n for n in self._unconfirmed if n <= tag] if method.multiple else [tag]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pika.exceptions
 
 from ..names import Names
 
+if TYPE_CHECKING:
+    from pika.adapters.blocking_connection import BlockingChannel
 
-def declare_cluster(channel: Any, names: Names) -> None:
+
+def declare_cluster(channel: BlockingChannel, names: Names) -> None:
     """The exchanges and fixed queues every part of a cluster relies on."""
     channel.exchange_declare(names.direct_exchange, exchange_type="direct", durable=True)
     channel.exchange_declare(names.dead_exchange, exchange_type="fanout", durable=True)
@@ -30,7 +33,7 @@ def declare_cluster(channel: Any, names: Names) -> None:
     )
 
 
-def declare_engine_queue(channel: Any, names: Names, engine_id: int) -> str:
+def declare_engine_queue(channel: BlockingChannel, names: Names, engine_id: int) -> str:
     """The engine's own durable queue, bound to the direct exchange by its id."""
     queue = names.engine_queue(engine_id)
     channel.queue_declare(
@@ -40,7 +43,7 @@ def declare_engine_queue(channel: Any, names: Names, engine_id: int) -> str:
     return queue
 
 
-def queue_depth(channel: Any, queue: str) -> int | None:
+def queue_depth(channel: BlockingChannel, queue: str) -> int | None:
     """Messages ready in ``queue`` (not counting unacked ones), or None if it does not exist.
 
     A missing queue closes the channel (404), so callers should pass a throwaway channel.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, MutableMapping
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from ..errors import CompositeError, RemoteError, TimeoutError
 from ..task import RESULT_FIELDS
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from .client import Client
 
 
-class Metadata(dict):
+class Metadata(dict[str, Any]):
     """Per-task metadata (seed 004): dict with attribute access to a fixed set of keys."""
 
     # The result fields of the record schema (``enginefarm.task``), less the sealed value.
@@ -38,7 +38,7 @@ class Metadata(dict):
             raise KeyError(f"{key!r} is not a metadata key")
         super().__setitem__(key, value)
 
-    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def update(self, *args: Any, **kwargs: Any) -> None:
         for key, value in dict(*args, **kwargs).items():
             self[key] = value
 
@@ -205,7 +205,7 @@ class AsyncMapResult(AsyncResult):
         value = self._client.results[task_id]
         if isinstance(value, BaseException):
             raise value
-        return value
+        return cast("list[Any]", value)  # a map chunk's result: the list of its items
 
     def __iter__(self) -> Iterator[Any]:
         results = self._client.results

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..chunks import call_chunk
 from .asyncresult import AsyncMapResult, AsyncResult
@@ -46,7 +46,7 @@ class LoadBalancedView:
         return result.get() if blocking else result
 
     def apply_async(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> AsyncResult:
-        return self.apply(f, *args, block=False, **kwargs)
+        return cast(AsyncResult, self.apply(f, *args, block=False, **kwargs))
 
     def apply_sync(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return self.apply(f, *args, block=True, **kwargs)
@@ -69,7 +69,7 @@ class LoadBalancedView:
         return result.get() if blocking else result
 
     def map_async(self, f: Callable[..., Any], *sequences: Iterable[Any], **kwargs: Any) -> AsyncMapResult:
-        return self.map(f, *sequences, block=False, **kwargs)
+        return cast(AsyncMapResult, self.map(f, *sequences, block=False, **kwargs))
 
     def map_sync(self, f: Callable[..., Any], *sequences: Iterable[Any], **kwargs: Any) -> list[Any]:
-        return self.map(f, *sequences, block=True, **kwargs)
+        return cast("list[Any]", self.map(f, *sequences, block=True, **kwargs))

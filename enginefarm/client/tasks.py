@@ -91,7 +91,7 @@ class MapTask(BaseTask):
 
     kind = "map_task"
 
-    def __init__(self, function: Callable[..., Any], args: tuple | list | None = None,
+    def __init__(self, function: Callable[..., Any], args: tuple[Any, ...] | list[Any] | None = None,
                  kwargs: dict[str, Any] | None = None, **options: Any) -> None:
         if not callable(function):
             raise TypeError(f"{function!r} is not callable")
@@ -188,12 +188,12 @@ class TaskResult:
         self.failure = failure
         meta = dict(metadata or {})
         self.metadata = meta
-        self.submitted = meta.get("submitted")
-        self.started = meta.get("started")
-        self.completed = meta.get("completed")
-        self.attempts = meta.get("attempts", 0)
-        self.stdout = meta.get("stdout", "")
-        self.stderr = meta.get("stderr", "")
+        self.submitted: float | None = meta.get("submitted")
+        self.started: float | None = meta.get("started")
+        self.completed: float | None = meta.get("completed")
+        self.attempts: int = meta.get("attempts", 0)
+        self.stdout: str = meta.get("stdout", "")
+        self.stderr: str = meta.get("stderr", "")
         values = value if (kind == "string_task" and failure is None and isinstance(value, dict)) else {}
         self._ns = ResultNS(values)
         self.keys = list(values)

@@ -8,7 +8,7 @@ target in target order, or the bare value when the targets are a single int.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .asyncresult import AsyncResult, LocalResult
 
@@ -83,9 +83,10 @@ class DirectView:
         return self.apply_request(f, args, kwargs, block=True)
 
     def apply_async(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> AsyncResult:
-        return self.apply_request(f, args, kwargs, block=False)
+        return cast(AsyncResult, self.apply_request(f, args, kwargs, block=False))
 
-    def apply_request(self, f: Callable[..., Any], args: tuple = (), kwargs: dict | None = None,
+    def apply_request(self, f: Callable[..., Any], args: tuple[Any, ...] = (),
+                      kwargs: dict[str, Any] | None = None,
                       targets: Targets = _UNSET, block: bool | None = None) -> Any:
         if not callable(f):
             raise TypeError(f"{f!r} is not callable")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 import redis.exceptions
@@ -35,6 +35,16 @@ def connect(url: str, retry_window_s: float = 30.0) -> redis.Redis:
     )
 
 
+class _HeldConnection(Protocol):
+    """What ``HeldScript`` uses of a pooled redis-py connection (whose methods are untyped)."""
+
+    def send_command(self, *args: Any) -> None: ...
+
+    def read_response(self) -> Any: ...
+
+    def disconnect(self) -> None: ...
+
+
 class HeldScript:
     """A Lua script run over a connection each thread keeps for it, skipping the pool and
     retry machinery on every call (the hot path of engines). A missing script or a broken
@@ -45,8 +55,8 @@ class HeldScript:
         self.script = client.register_script(source)
         self._local = threading.local()
 
-    def _conn(self) -> Any:
-        conn = getattr(self._local, "conn", None)
+    def _conn(self) -> _HeldConnection:
+        conn: _HeldConnection | None = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = self.client.connection_pool.get_connection()
         return conn

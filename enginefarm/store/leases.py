@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import redis
 
 from .connection import translate_errors
@@ -46,4 +48,5 @@ class Lease:
     def holder_now(self) -> str | None:
         with translate_errors():
             value = self.redis.get(self.key)
-        return value.decode() if value is not None else None
+        # Replies are bytes: the client does not decode them (see ``connect``).
+        return cast(bytes, value).decode() if value is not None else None

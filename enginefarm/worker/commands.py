@@ -78,7 +78,7 @@ def cmd_execute(state: EngineState, code: str) -> None:
     exec(compile(code, f"<execute-{entry['number']}>", "exec"), state.namespace)
 
 
-def cmd_apply(state: EngineState, request: tuple[Callable[..., Any], tuple, dict]) -> Any:
+def cmd_apply(state: EngineState, request: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> Any:
     func, args, kwargs = request
     return func(*args, **kwargs)
 
