@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import struct
 import time
 import uuid
@@ -33,6 +34,7 @@ _PREFIX = len(MAGIC) + _KID_LEN + _SIG_LEN + 4
 _FUTURE_SLACK_S = 300.0
 # A header is a few hundred bytes; anything near this is hostile, and is refused before parsing.
 MAX_HEADER_BYTES = 64 * 1024
+_TASK_ID_RE = re.compile(rb'"task_id":"([A-Za-z0-9_-]{1,64})"')
 # Built once: json.dumps with separators builds an encoder on every call.
 _encode_header = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -138,10 +140,16 @@ def peek_task_id(data: bytes) -> str | None:
     """
     try:
         (head_len,) = struct.unpack(">I", data[_PREFIX - 4 : _PREFIX])
-        if not data.startswith(MAGIC) or head_len > MAX_HEADER_BYTES:
-            return None
-        header = json.loads(data[_PREFIX : _PREFIX + head_len])
-    except (ValueError, RecursionError, struct.error):
+    except struct.error:
         return None
-    task_id = header.get("task_id") if isinstance(header, dict) else None
+    if not data.startswith(MAGIC) or head_len > MAX_HEADER_BYTES:
+        return None
+    head = data[_PREFIX : _PREFIX + head_len]
+    try:
+        header = json.loads(head)
+        task_id = header.get("task_id") if isinstance(header, dict) else None
+    except (ValueError, RecursionError):
+        # A header too deep to parse can still name its task plainly.
+        found = _TASK_ID_RE.search(head)
+        task_id = found.group(1).decode() if found else None
     return task_id if isinstance(task_id, str) and 0 < len(task_id) <= 64 else None
