@@ -298,9 +298,10 @@ def tasks(cluster: str | None, query_text: str | None, status_filter: str | None
         query["status"] = status_filter
     with admin_client(cluster) as client:
         rows = run_guarded(client.db_query_limited, query, limit)
-    cols = ["task_id", "kind", "status", "engine_id", "attempts", "submitted", "summary"]
-    emit(rows, as_json, lambda r: table([{**x, "error": (x.get("error") or {}).get("ename")} for x in r],
-                                        cols + ["error"]))
+    cols = ["task_id", "kind", "status", "engine_id", "attempts", "submitted", "summary", "error"]
+    if any("invalid" in row for row in rows):
+        cols.append("invalid")  # fields that did not decode, named
+    emit(rows, as_json, lambda r: table([{**x, "error": (x.get("error") or {}).get("ename")} for x in r], cols))
 
 
 @main.command()

@@ -333,6 +333,10 @@ class Scheduler:
                 log.warning("scheduler cannot read events: %s", exc)
                 self._stop.wait(1.0)
                 continue
+            except Exception:
+                self.incidents.note("events", "scheduler failed reading events", traceback=True)
+                self._stop.wait(1.0)
+                continue
             if task_ids:
                 self._events.put(task_ids)
                 self.consumer.link.call_threadsafe(self._on_events)

@@ -572,6 +572,8 @@ class Engine:
                 self.history.cull(self.settings.result_ttl_s, self.settings.max_records)
             except EnginefarmError as exc:
                 log.warning("engine %d could not reap peers: %s", self.engine_id, exc)
+            except Exception:
+                self.incidents.note("upkeep", "engine %d upkeep failed", self.engine_id, traceback=True)
 
     def _declared_dead(self) -> None:
         """Another process judged us dead and settled our tasks: stop at once."""

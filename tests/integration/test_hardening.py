@@ -358,3 +358,23 @@ def cli_run(settings, cluster):
         return subprocess.run(argv, env=settings_env(settings), capture_output=True, text=True, timeout=TIMEOUT_S)
 
     return run
+
+
+# --- daemon loops: what they survive is logged with its traceback and counted ---------------
+def test_an_incident_is_logged_with_its_traceback_and_counted_twice(client, caplog):
+    from enginefarm.incidents import Incidents
+    from enginefarm.metrics import Metrics
+
+    metrics = Metrics()
+    incidents = Incidents("scheduler", metrics, client.records)
+    # When a daemon meets something it cannot handle while handling one item
+    try:
+        raise ValueError("an item the loop did not expect")
+    except ValueError:
+        incidents.note("event", "scheduler failed handling an event of task %s", "t1", traceback=True)
+    # Then it is logged with the traceback, and counted in Prometheus and in Redis
+    logged = [r for r in caplog.records if "failed handling an event of task t1" in r.getMessage()]
+    assert logged and logged[0].exc_info is not None and "an item the loop did not expect" in caplog.text
+    assert metrics.registry.get_sample_value(
+        "enginefarm_errors_total", {"component": "scheduler", "kind": "event"}) == 1.0
+    assert client.records.counter("errors:scheduler:event") == 1
