@@ -29,12 +29,22 @@ _EXPORTS = {
     "SerializationError": "enginefarm.errors",
     "SignatureError": "enginefarm.errors",
     "TimeoutError": "enginefarm.errors",
+    "TaskTimeout": "enginefarm.errors",
+    "TaskAborted": "enginefarm.errors",
+    "InvalidDependency": "enginefarm.errors",
+    "ImpossibleDependency": "enginefarm.errors",
+    "EngineError": "enginefarm.errors",
 }
 
-__all__ = sorted(_EXPORTS)
+# Modules under the names ipyparallel users import (``from enginefarm import error``).
+_MODULES = {"error": "enginefarm.errors"}
+
+__all__ = sorted([*_EXPORTS, *_MODULES])
 
 
 def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        return importlib.import_module(_MODULES[name])
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'enginefarm' has no attribute {name!r}")
@@ -44,4 +54,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+    return sorted([*globals(), *_EXPORTS, *_MODULES])

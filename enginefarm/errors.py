@@ -127,19 +127,67 @@ class RemoteError(EnginefarmError):
             "task_id": self.task_id,
         }
 
+    def print_traceback(self) -> None:
+        print(self.render_traceback())
+
+    def _render_traceback_(self) -> list[str]:
+        # IPython shows this instead of a local traceback of the re-raise.
+        return self.render_traceback().splitlines()
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RemoteError:
-        return cls(
-            data.get("ename", "Error"),
-            data.get("evalue", ""),
-            data.get("traceback", ""),
+        """The remote failure, as the subclass its meaning names (``TaskAborted``...), so that
+        ``except error.TaskAborted`` works and ``except RemoteError`` still catches it."""
+        ename = str(data.get("ename", "Error"))
+        kind = _BY_MEANING.get(ename, cls)
+        return kind(
+            ename,
+            str(data.get("evalue", "")),
+            str(data.get("traceback", "")),
             data.get("engine_id"),
             data.get("task_id"),
         )
 
 
+class TaskAborted(RemoteError):
+    """The task was aborted (or cleared from a queue) before it ran."""
+
+
+class TaskTimeout(RemoteError):
+    """The task ran past its time limit and was stopped."""
+
+
+class EngineError(RemoteError):
+    """The engine running the task died, or its process did: the namespace is lost."""
+
+
+class ImpossibleDependency(RemoteError):
+    """The task's dependencies can never be met (a dependency failed, or nowhere qualifies)."""
+
+
+class InvalidDependency(ImpossibleDependency):
+    """A dependency names tasks that do not exist or is malformed."""
+
+
+# What each engine-side error name means, for ``RemoteError.from_dict``.
+_BY_MEANING: dict[str, type[RemoteError]] = {
+    "TaskAborted": TaskAborted,
+    "TaskTimeout": TaskTimeout,
+    "EngineLost": EngineError,
+    "EngineProcessDied": EngineError,
+    "EngineError": EngineError,
+    "ImpossibleDependency": ImpossibleDependency,
+    "InvalidDependency": InvalidDependency,
+}
+
+
 class CompositeError(RemoteError):
-    """Several targets failed; ``errors`` lists each one, in target order."""
+    """Several targets failed; ``errors`` lists each one, in target order.
+
+    ``tb_limit`` bounds how many tracebacks ``render_traceback`` draws.
+    """
+
+    tb_limit = 4
 
     def __init__(self, errors: list[RemoteError]) -> None:
         self.errors = errors
@@ -152,6 +200,22 @@ class CompositeError(RemoteError):
 
     def __str__(self) -> str:
         return self.evalue
+
+    @property
+    def elist(self) -> list[RemoteError]:
+        return self.errors
+
+    def render_traceback(self, excid: int | None = None) -> str:
+        """Every failure's traceback (up to ``tb_limit``), or only the ``excid``-th."""
+        if excid is not None:
+            return self.errors[excid].render_traceback()
+        shown = [err.render_traceback() for err in self.errors[: self.tb_limit]]
+        if len(self.errors) > self.tb_limit:
+            shown.append(f"... {len(self.errors) - self.tb_limit} more exceptions ...")
+        return "\n".join(shown)
+
+    def print_traceback(self, excid: int | None = None) -> None:
+        print(self.render_traceback(excid))
 
     def raise_exception(self, index: int = 0) -> None:
         """Re-raise the failure of one target (the first by default)."""

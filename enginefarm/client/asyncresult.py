@@ -122,8 +122,9 @@ class AsyncResult:
             raise ValueError("the tasks have not finished yet")
         return not any(isinstance(self._client.results[t], BaseException) for t in self.task_ids)
 
-    def get(self, timeout: float | None = None) -> Any:
-        """Wait for and return the results.
+    def get(self, timeout: float | None = None, return_exceptions: bool = False) -> Any:
+        """Wait for and return the results; with ``return_exceptions``, a failed task's entry
+        is its exception instead of raising.
 
         Raises:
             TimeoutError: not finished within ``timeout`` seconds.
@@ -134,6 +135,8 @@ class AsyncResult:
             done = sum(1 for t in self.task_ids if t in self._client.results)
             raise TimeoutError(f"{done}/{len(self.task_ids)} tasks finished within {timeout}s")
         values = [self._client.results[t] for t in self.task_ids]
+        if return_exceptions:
+            return values[0] if self._single else values
         errors = [v for v in values if isinstance(v, BaseException)]
         remote = [e for e in errors if isinstance(e, RemoteError)]
         if errors and len(errors) != len(remote):
@@ -150,9 +153,60 @@ class AsyncResult:
         return data[0] if self._single else data
 
     @property
+    def msg_id(self) -> str:
+        """The one task id of a single-task result (ipyparallel's name)."""
+        if len(self.task_ids) != 1:
+            raise AttributeError("msg_id is for a result of one task; see msg_ids")
+        return self.task_ids[0]
+
+    def _stamps(self, key: str) -> list[float]:
+        return [m[key] for m in self._client.metadata_for_many(self.task_ids) if m[key] is not None]
+
+    @property
     def elapsed(self) -> float:
-        stamps = [m["submitted"] for m in self._client.metadata_for_many(self.task_ids) if m["submitted"]]
+        """Seconds since the first of the tasks was submitted."""
+        stamps = self._stamps("submitted")
         return time.time() - min(stamps) if stamps else 0.0
+
+    @property
+    def wall_time(self) -> float:
+        """Seconds from the first submission to the last completion (0 until one completes)."""
+        submitted, completed = self._stamps("submitted"), self._stamps("completed")
+        return max(completed) - min(submitted) if submitted and completed else 0.0
+
+    @property
+    def serial_time(self) -> float:
+        """Seconds the tasks ran, added up: what they would take one after the other."""
+        return sum(m["completed"] - m["started"] for m in self._client.metadata_for_many(self.task_ids)
+                   if m["completed"] is not None and m["started"] is not None)
+
+    def get_dict(self, timeout: float | None = None) -> dict[int, Any]:
+        """The results keyed by the engine that produced each.
+
+        Raises:
+            ValueError: several tasks ran on one engine (a dict would lose results).
+        """
+        values = self.get(timeout)
+        values = [values] if self._single else values
+        engines = [m["engine_id"] for m in self._client.metadata_for_many(self.task_ids)]
+        if len(set(engines)) != len(engines):
+            raise ValueError(f"several results came from one engine ({engines}); use get()")
+        return dict(zip(engines, values))
+
+    def __getattr__(self, key: str) -> Any:
+        # Metadata as attributes (ar.engine_id, ar.stdout...): one value for a single task,
+        # else one per task.
+        if key.startswith("_") or key not in Metadata.KEYS:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
+        values = [m[key] for m in self._client.metadata_for_many(self.task_ids)]
+        return values[0] if self._single else values
+
+    def __getitem__(self, key: int | slice | str) -> Any:
+        """``ar['engine_id']``: metadata; ``ar[0]``, ``ar[1:]``: results (waiting for them)."""
+        if isinstance(key, str):
+            return self.__getattr__(key)
+        value = self.get()
+        return ([value] if self._single else value)[key]
 
     def __iter__(self) -> Iterator[Any]:
         value = self.get()
@@ -197,9 +251,13 @@ class AsyncMapResult(AsyncResult):
         self._client.wait(self.task_ids, timeout=0)
         return sum(n for t, n in zip(self.task_ids, self.chunk_sizes) if t in self._client.results)
 
-    def get(self, timeout: float | None = None) -> list[Any]:
-        chunks = super().get(timeout)
-        return [item for chunk in chunks for item in chunk]
+    def get(self, timeout: float | None = None, return_exceptions: bool = False) -> list[Any]:
+        chunks = super().get(timeout, return_exceptions)
+        items: list[Any] = []
+        for chunk, size in zip(chunks, self.chunk_sizes):
+            # A failed chunk stands for each of its items.
+            items.extend([chunk] * size if isinstance(chunk, BaseException) else chunk)
+        return items
 
     def _items(self, task_id: str) -> list[Any]:
         value = self._client.results[task_id]
