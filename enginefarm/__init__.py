@@ -15,6 +15,8 @@ _EXPORTS = {
     "AsyncResult": "enginefarm.client.asyncresult",
     "Client": "enginefarm.client.client",
     "DirectView": "enginefarm.client.view",
+    "Dependency": "enginefarm.client.dependency",
+    "LoadBalancedView": "enginefarm.client.lbview",
     "MapTask": "enginefarm.client.tasks",
     "StringTask": "enginefarm.client.tasks",
     "TaskResult": "enginefarm.client.tasks",

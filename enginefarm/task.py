@@ -116,6 +116,39 @@ def _show(value: object) -> str:
     return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
 
 
+# --- dependencies on other tasks ---------------------------------------------------------
+MAX_DEPENDENCIES = 1000
+MAX_LABEL = 200
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """Other tasks a load-balanced task waits for (``after``) or must run beside (``follow``).
+
+    ``all``: every listed task must qualify (else any one); ``success`` / ``failure``: whether
+    a task that completed / failed (or was aborted) qualifies.
+    """
+
+    ids: tuple[str, ...]
+    all: bool = True
+    success: bool = True
+    failure: bool = False
+
+    @classmethod
+    def decode(cls, name: str, raw: object) -> Dependency:
+        if not isinstance(raw, Mapping) or set(raw) - {"ids", "all", "success", "failure"}:
+            raise DecodeError(name, f"must be an object of ids, all, success, failure, not {_show(raw)}")
+        ids = raw.get("ids")
+        if not isinstance(ids, list) or len(ids) > MAX_DEPENDENCIES or not all(is_id(i) for i in ids):
+            raise DecodeError(name, f"ids must be a list of at most {MAX_DEPENDENCIES} task ids")
+        return cls(tuple(ids), _flag(f"{name}.all", raw.get("all", True)),
+                   _flag(f"{name}.success", raw.get("success", True)),
+                   _flag(f"{name}.failure", raw.get("failure", False)))
+
+    def encode(self) -> dict[str, Any]:
+        return {"ids": list(self.ids), "all": self.all, "success": self.success, "failure": self.failure}
+
+
 # --- the header --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TaskHeader:
@@ -137,6 +170,11 @@ class TaskHeader:
     timeout: float | None = None
     clear_before: bool = False
     clear_after: bool = False
+    # Load-balanced only: tasks to wait for, tasks to run beside, engines it may run on.
+    after: Dependency | None = None
+    follow: Dependency | None = None
+    targets: tuple[int, ...] | None = None
+    label: str | None = None
     ts: float | None = None
     mid: str | None = None
 
@@ -178,6 +216,14 @@ class TaskHeader:
         if mid is not None and not is_id(mid):
             raise DecodeError("mid", f"is not an id: {_show(mid)}")
         ts = raw.get("ts")
+        after = None if raw.get("after") is None else Dependency.decode("after", raw["after"])
+        follow = None if raw.get("follow") is None else Dependency.decode("follow", raw["follow"])
+        targets = _targets(raw.get("targets"))
+        if (after or follow or targets is not None) and not lb:
+            raise DecodeError("after", "after, follow and targets are for load-balanced tasks")
+        label = raw.get("label")
+        if label is not None and (not isinstance(label, str) or len(label) > MAX_LABEL):
+            raise DecodeError("label", f"must be text of at most {MAX_LABEL} characters")
         return cls(
             task_id=task_id,
             kind=kind,
@@ -190,6 +236,10 @@ class TaskHeader:
             timeout=None if timeout is None else _number("timeout", timeout, 0.0, MAX_TIMEOUT_S) or None,
             clear_before=_flag("clear_before", raw.get("clear_before", False)),
             clear_after=_flag("clear_after", raw.get("clear_after", False)),
+            after=after,
+            follow=follow,
+            targets=targets,
+            label=label,
             ts=None if ts is None else _number("ts", ts, 0.0, 1e11),
             mid=mid,
         )
@@ -202,8 +252,14 @@ class TaskHeader:
                 continue
             value = getattr(self, f.name)
             if value != f.default:
-                out[f.name] = value
+                out[f.name] = value.encode() if isinstance(value, Dependency) else (
+                    list(value) if isinstance(value, tuple) else value)
         return out
+
+    @property
+    def needs_scheduler(self) -> bool:
+        """Whether only the scheduler can route it (the shared queue takes plain FIFO work)."""
+        return bool(self.depend or self.priority or self.after or self.follow or self.targets is not None)
 
     def replace(self, **changes: Any) -> TaskHeader:
         """A checked copy with some fields changed (e.g. a resubmission's new ids)."""
@@ -220,6 +276,14 @@ class TaskHeader:
 
 
 _HEADER_FIELDS = frozenset(f.name for f in fields(TaskHeader))
+
+
+def _targets(raw: object) -> tuple[int, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not raw or len(raw) > MAX_DEPENDENCIES:
+        raise DecodeError("targets", f"must be a non-empty list of engine ids, not {_show(raw)}")
+    return tuple(_int("targets", t, 0, MAX_ENGINE_ID) for t in raw)
 
 
 # --- the record ----------------------------------------------------------------------
@@ -264,6 +328,7 @@ RECORD_FIELDS: tuple[RecordField, ...] = (
     RecordField("request", T.BYTES, listed=False),
     RecordField("lb", T.FLAG),
     RecordField("waiting", T.TEXT),
+    RecordField("label", T.TEXT),
     RecordField("failed_on", T.IDS),
     RecordField("lost_on", T.IDS),
     RecordField("unmet", T.IDS, listed=False),
@@ -346,6 +411,7 @@ class TaskRecord:
     namespace_lost: bool = False
     lb: bool = False
     waiting: str = ""
+    label: str = ""
     failed_on: tuple[int, ...] = ()
     lost_on: tuple[int, ...] = ()
     unmet: tuple[int, ...] = ()

@@ -50,7 +50,7 @@ class TaskFarming:
         for task in tasks:
             if not isinstance(task, BaseTask):
                 raise TypeError(f"submit takes a MapTask or StringTask, not {type(task).__name__}")
-            prepared.append((task.kind, {"lb": True, **task.header()}, dumps(task.request(), task.label())))
+            prepared.append((task.kind, {"lb": True, **task.header()}, dumps(task.request(), task.describe())))
         return self._submit_sealed(prepared, confirm)
 
     def _submit_sealed(self: Client, prepared: list[tuple[str, dict[str, Any], bytes]],
@@ -90,8 +90,10 @@ class TaskFarming:
             task_id = new_id()
             head = TaskHeader.decode({"task_id": task_id, "kind": kind, "client_id": self.client_id, **header})
             body = seal(self.ring, head.encode(), payload)
-            extra = {"lb": "1", "retries": str(header.get("retries", 0))}
-            if header.get("depend") or header.get("priority") or scheme not in (None, "fifo"):
+            extra = {"lb": "1", "retries": str(head.retries)}
+            if head.label is not None:
+                extra["label"] = head.label
+            if head.needs_scheduler or scheme not in (None, "fifo"):
                 extra["_notify"] = self.names.scheduler_events
                 messages.append(Outgoing("", self.names.tasks_queue, body))
             else:
@@ -167,7 +169,14 @@ class TaskFarming:
             raise TimeoutError(f"{len(ids)} tasks did not all finish within {timeout}s")
 
     def load_balanced_view(self: Client, targets: Any = None) -> Any:
-        """A view that lets the scheduler pick the engine for each call."""
+        """A view that lets the scheduler pick the engine for each call, among ``targets``
+        (engine ids; None or 'all': any engine).
+
+        Raises:
+            InvalidEngineID: a target is not a registered engine.
+        """
         from .lbview import LoadBalancedView
 
-        return LoadBalancedView(self)
+        if targets is None or targets == "all":
+            return LoadBalancedView(self)
+        return LoadBalancedView(self, targets=self.resolve_targets(targets))

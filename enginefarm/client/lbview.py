@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
 from ..chunks import call_chunk
@@ -23,15 +24,58 @@ def auto_chunksize(items: int, engines: int) -> int:
     return max(1, min(MAX_AUTO_CHUNK, math.ceil(items / max(engines, 1) / CHUNKS_PER_ENGINE)))
 
 
+# Flags a view passes to every task it submits (BaseTask's options).
+FLAGS = frozenset({"retries", "after", "follow", "timeout", "targets", "label", "depend", "priority",
+                   "clear_before", "clear_after", "recovery_task"})
+
+
 class LoadBalancedView:
-    def __init__(self, client: Client, block: bool | None = None, **task_options: Any) -> None:
+    """Submits through the scheduler; ``targets`` restricts its tasks to those engines.
+
+    ``set_flags`` / ``temp_flags`` set what every task of the view carries (retries, after,
+    follow, timeout, targets, label, depend, priority...). ``timeout`` is the run-time limit
+    of a task here (ipyparallel: the time a task may wait for its dependencies).
+    """
+
+    def __init__(self, client: Client, block: bool | None = None, targets: Any = None,
+                 **task_options: Any) -> None:
         self.client = client
         self.block = block
-        # Options given to every task this view submits (retries, depend, timeout, ...).
-        self.task_options = task_options
+        self.task_options: dict[str, Any] = {}
+        self.set_flags(targets=targets, **task_options)
 
     def __repr__(self) -> str:
-        return "<LoadBalancedView>"
+        targets = self.task_options.get("targets")
+        return "<LoadBalancedView>" if targets is None else f"<LoadBalancedView targets={targets!r}>"
+
+    @property
+    def targets(self) -> Any:
+        return self.task_options.get("targets")
+
+    def set_flags(self, **flags: Any) -> None:
+        """Set flags for every later task of this view (None clears one).
+
+        Raises:
+            KeyError: a flag that tasks do not take.
+        """
+        unknown = set(flags) - FLAGS
+        if unknown:
+            raise KeyError(f"unknown flag {sorted(unknown)[0]!r}; flags are {', '.join(sorted(FLAGS))}")
+        for name, value in flags.items():
+            if value is None:
+                self.task_options.pop(name, None)
+            else:
+                self.task_options[name] = value
+
+    @contextlib.contextmanager
+    def temp_flags(self, **flags: Any) -> Iterator[None]:
+        """Flags for the tasks submitted inside the ``with`` block only."""
+        saved = dict(self.task_options)
+        self.set_flags(**flags)
+        try:
+            yield
+        finally:
+            self.task_options = saved
 
     def _block(self, block: bool | None) -> bool:
         if block is not None:

@@ -7,10 +7,11 @@ understands (see ``enginefarm.worker.commands``).
 from __future__ import annotations
 
 import reprlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from ..errors import RemoteError
+from .dependency import as_spec
 
 
 class BaseTask:
@@ -25,6 +26,10 @@ class BaseTask:
             task only runs where it holds, and waits while no engine satisfies it.
         timeout: seconds the task may run before it is stopped (None: the cluster default).
         priority: larger runs earlier under the 'priority' scheme.
+        after: tasks (ids, AsyncResults or a ``Dependency``) that must finish first.
+        follow: tasks it must run beside: on the engine where they ran, once they finished.
+        targets: engine ids it may run on (None: any).
+        label: a name for the task, kept in its record (``db_query({"label": ...})``).
     """
 
     kind = ""
@@ -38,6 +43,10 @@ class BaseTask:
         depend: Callable[[dict[str, Any]], bool] | None = None,
         timeout: float | None = None,
         priority: int = 0,
+        after: Any = None,
+        follow: Any = None,
+        targets: int | Iterable[int] | None = None,
+        label: str | None = None,
     ) -> None:
         if retries < 0:
             raise ValueError("retries must be >= 0")
@@ -52,12 +61,16 @@ class BaseTask:
         self.depend = depend
         self.timeout = timeout
         self.priority = priority
+        self.after = as_spec(after)
+        self.follow = as_spec(follow)
+        self.targets = None if targets is None else ([targets] if isinstance(targets, int) else list(targets))
+        self.label = label
 
     def body(self) -> dict[str, Any]:
         """The part of the request specific to the task type."""
         raise NotImplementedError
 
-    def label(self) -> str:
+    def describe(self) -> str:
         """A short name for error messages (cheap: no repr of the arguments)."""
         return type(self).__name__
 
@@ -83,6 +96,14 @@ class BaseTask:
             head["timeout"] = float(self.timeout)
         if self.priority:
             head["priority"] = int(self.priority)
+        if self.after is not None:
+            head["after"] = self.after.encode()
+        if self.follow is not None:
+            head["follow"] = self.follow.encode()
+        if self.targets is not None:
+            head["targets"] = self.targets
+        if self.label is not None:
+            head["label"] = self.label
         return head
 
 
@@ -103,7 +124,7 @@ class MapTask(BaseTask):
     def body(self) -> dict[str, Any]:
         return {"call": (self.function, self.args, self.kwargs)}
 
-    def label(self) -> str:
+    def describe(self) -> str:
         return f"MapTask({getattr(self.function, '__qualname__', type(self.function).__name__)})"
 
     def __repr__(self) -> str:

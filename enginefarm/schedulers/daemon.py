@@ -34,7 +34,9 @@ from ..store import Stores, TaskRecord
 from ..store.leases import Lease
 from ..store.records import PENDING, TERMINAL, error_fields
 from ..task import TaskHeader, open_task
+from .dependencies import DepState, Verdict
 from .policy import EngineLoad, PendingTask, plan, scheme_named
+from .waiting import DependencyBook
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class Scheduler:
         self.live: list[int] = []
         self.props_version = -1
         self.waiting_noted: set[str] = set()
+        self.waiting = DependencyBook()
         self._events: queue.Queue[list[str]] = queue.Queue()
         self._stop = threading.Event()
         self._next_housekeeping = 0.0
@@ -206,7 +209,7 @@ class Scheduler:
         if header is None or not self._dispatchable(record, strict):
             return
         self.bodies[record.task_id] = record.request or b""
-        self.pending[record.task_id] = PendingTask(
+        self._hold(PendingTask(
             task_id=record.task_id,
             seq=record.seq,
             priority=header.priority,
@@ -214,7 +217,41 @@ class Scheduler:
             unmet=frozenset(record.unmet),
             failed_on=frozenset(record.failed_on),
             failed_at=record.failed_at,
-        )
+        ), header)
+
+    def _hold(self, task: PendingTask, header: TaskHeader) -> None:
+        """Keep a task waiting for dispatch, restricted to its targets and blocked while the
+        tasks it depends on have not finished."""
+        if header.targets is not None:
+            task.only_on = frozenset(header.targets)
+        self.pending[task.task_id] = task
+        if header.after is not None or header.follow is not None:
+            task.blocked = True
+            self.waiting.add(task.task_id, header.after, header.follow)
+            self._judge([task.task_id])
+
+    def _judge(self, task_ids: list[str]) -> None:
+        """Look at the dependencies of held tasks: unblock, restrict to where they ran, or
+        fail a task whose dependencies can never be met."""
+        names = self.waiting.named_by(task_ids)
+        states = {t: DepState(status, engine) for t, (status, engine) in self.records.watch(names).items()}
+        for task_id, outcome in self.waiting.decide(task_ids, states, self.live):
+            task = self.pending.get(task_id)
+            if task is None:
+                continue
+            if outcome.verdict is Verdict.MET:
+                task.blocked = False
+                if outcome.engines is not None:
+                    task.only_on = outcome.engines if task.only_on is None else task.only_on & outcome.engines
+                continue
+            ename = "InvalidDependency" if outcome.verdict is Verdict.INVALID else "ImpossibleDependency"
+            self._fail_held(task_id, ename, f"its dependencies cannot be met: {outcome.reason}")
+
+    def _fail_held(self, task_id: str, ename: str, why: str) -> None:
+        log.info("task %s fails: %s (%s)", task_id, ename, why)
+        self.records.fail(task_id, error_fields(ename, why), allowed=(PENDING,))
+        self.pending.pop(task_id, None)
+        self.bodies.pop(task_id, None)
 
     # --- submissions ---------------------------------------------------------------
     def _refuse(self, delivery: Delivery, exc: SignatureError | DecodeError) -> None:
@@ -259,7 +296,7 @@ class Scheduler:
             return
         if queued == 1 or (queued == 2 and task_id not in self.pending and task_id not in self.engine_of):
             self.bodies[task_id] = delivery.body
-            self.pending[task_id] = PendingTask(task_id, seq, header.priority, header.depend)
+            self._hold(PendingTask(task_id, seq, header.priority, header.depend), header)
         self.consumer.ack(delivery)
         self._dispatch()
 
@@ -298,8 +335,13 @@ class Scheduler:
         for task_id in decided.unsatisfiable:
             if task_id not in self.waiting_noted:
                 self.waiting_noted.add(task_id)
-                self.records.set_fields(task_id, {
-                    "waiting": f"no live engine satisfies its depend (engines {sorted(self.live)} said no)"})
+                self.records.set_fields(task_id, {"waiting": self._why_waiting(self.pending[task_id])})
+
+    def _why_waiting(self, task: PendingTask) -> str:
+        live = sorted(self.live)
+        if task.only_on is not None and not task.only_on & set(live):
+            return f"none of its engines {sorted(task.only_on)} is live (live: {live})"
+        return f"no live engine satisfies its depend (engines {live} said no)"
 
     def _route(self, task_id: str, engine_id: int) -> None:
         # Record the route first, then publish: an engine that hands the task straight back
@@ -374,6 +416,9 @@ class Scheduler:
         self._dispatch()
 
     def _take_event(self, task_id: str, record: TaskRecord | None) -> None:
+        dependants = self.waiting.dependants_of(task_id)
+        if dependants:
+            self._judge(dependants)
         self._untrack(task_id)
         if record is None or record.done:  # purged, or finished
             if record is not None:
@@ -381,6 +426,7 @@ class Scheduler:
             self.pending.pop(task_id, None)
             self.bodies.pop(task_id, None)
             self.waiting_noted.discard(task_id)
+            self.waiting.forget(task_id)
         elif record.status == PENDING and not record.routed:
             self._remember(record)
 
@@ -401,10 +447,8 @@ class Scheduler:
                 # Our lease expired during an outage and nobody took it: carry on from what
                 # Redis says, in case another scheduler ran in between.
                 log.warning("scheduler %s renewed its lease after an outage; resyncing", self.identity)
-                self.pending.clear()
-                self.bodies.clear()
-                self.assigned.clear()
-                self.engine_of.clear()
+                for held in (self.pending, self.bodies, self.assigned, self.engine_of, self.waiting):
+                    held.clear()
                 self._restore()
             if self.records.shutdown_requested():
                 log.info("scheduler %s: cluster shutdown requested", self.identity)
@@ -439,13 +483,14 @@ class Scheduler:
 
     def _reconcile(self, now: float) -> None:
         """Safety net for a lost event: look at the routed tasks' records now and then."""
-        if now < self._next_reconcile or not self.engine_of:
+        if now < self._next_reconcile or not (self.engine_of or self.waiting.blocked()):
             return
         self._next_reconcile = now + 5.0
         tracked = list(self.engine_of)
         finished = [t for t, s in zip(tracked, self.records.statuses(tracked)) if s is None or s in TERMINAL]
         if finished:
             self._events.put(finished)
+        self._judge(self.waiting.blocked())
 
     def _census(self, now: float) -> None:
         self.metrics.pending.labels(self.scheme.name).set(len(self.pending))
@@ -470,3 +515,11 @@ class Scheduler:
             for engine_id in set(self.assigned) - set(live):
                 self.assigned.pop(engine_id, None)
             self.live, self.props_version = live, version
+            self._fail_stranded_followers()
+
+    def _fail_stranded_followers(self) -> None:
+        """A task that must run where the tasks it follows ran cannot once those engines are gone."""
+        for task_id, engines in self.waiting.stranded(self.live):
+            if task_id in self.pending:
+                self._fail_held(task_id, "ImpossibleDependency",
+                                f"the engines {sorted(engines)} its follow dependency ran on are gone")

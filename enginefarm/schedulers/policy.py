@@ -21,6 +21,10 @@ class PendingTask:
     unmet: frozenset[int] = frozenset()
     failed_on: frozenset[int] = frozenset()
     failed_at: float | None = None
+    # Engines it may run on (a view's targets, where the tasks it follows ran); None: any.
+    only_on: frozenset[int] | None = None
+    # Waiting for the tasks it depends on (after / follow): not routed yet.
+    blocked: bool = False
 
 
 @dataclass
@@ -98,17 +102,21 @@ def plan(
     """Decide which waiting tasks go to which engines now.
 
     An engine takes at most ``slots`` outstanding tasks. A task skips engines where its
-    depend failed. After a failure it avoids the engines that failed it for
+    depend failed and engines outside its ``only_on``; a blocked task waits. After a failure it avoids the engines that failed it for
     ``failure_penalty_s`` seconds, as long as another live engine could take it.
     """
     result = Plan()
     load = {e.engine_id: EngineLoad(e.engine_id, e.outstanding) for e in engines}
     live = set(load)
     for task in scheme.order(pending):
+        if task.blocked:
+            continue
         free = [e for e in load.values() if e.outstanding < slots]
         if not free:
             break
         allowed = live - task.unmet
+        if task.only_on is not None:
+            allowed &= task.only_on
         if not allowed:
             result.unsatisfiable.append(task.task_id)
             continue

@@ -205,6 +205,22 @@ return 1
 """
 
 
+# The states of tasks that others depend on; a task not finished yet is told to notify the
+# scheduler when it does (so dependants are looked at again then). KEYS: the tasks. ARGV[1]:
+# the scheduler's events list. Returns, per task, {status or '', engine id or ''}.
+_WATCH = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local st, engine = unpack(redis.call('HMGET', key, 'status', 'engine_id'))
+  if st and st ~= 'completed' and st ~= 'failed' and st ~= 'aborted' then
+    redis.call('HSET', key, '_notify', ARGV[1])
+  end
+  out[i] = {st or '', engine or ''}
+end
+return out
+"""
+
+
 # A fresh dispatch ticket for a task still pending. KEYS: task. ARGV: the sealed ticket.
 _RENEW = """
 if redis.call('HGET', KEYS[1], 'status') == 'pending' then redis.call('HSET', KEYS[1], '_ticket', ARGV[1]) end
@@ -274,6 +290,7 @@ class Records:
         self.ring = ring
         self.redispatch_window_s = redispatch_window_s
         self._renew = redis_client.register_script(_RENEW)
+        self._watch = redis_client.register_script(_WATCH)
         self._transition = HeldScript(redis_client, _TRANSITION)
         self._create = HeldScript(redis_client, _CREATE)
         self._requeue = redis_client.register_script(_REQUEUE)
@@ -309,6 +326,20 @@ class Records:
         except SignatureError as exc:
             return f"its dispatch ticket is refused ({exc})"
         return ""
+
+    def watch(self, task_ids: Iterable[str]) -> dict[str, tuple[str, int | None]]:
+        """(status, engine id) of each task ('' for an unknown one); those not finished will
+        push their id to the scheduler's events when they finish."""
+        ids = list(dict.fromkeys(task_ids))
+        if not ids:
+            return {}
+        with translate_errors():
+            replies = self._watch(keys=[self.names.task(t) for t in ids], args=[self.names.scheduler_events])
+        states = {}
+        for task_id, (status, engine) in zip(ids, replies):
+            text = engine.decode("utf-8", "replace")
+            states[task_id] = (status.decode("utf-8", "replace"), int(text) if text.isdigit() else None)
+        return states
 
     def renew_tickets(self, task_ids: Iterable[str]) -> None:
         """New tickets for tasks still pending (the active scheduler knows them)."""
