@@ -325,7 +325,7 @@ def abort(cluster: str | None, task_ids: tuple[str, ...], as_json: bool) -> None
               help="Wait up to SECONDS for the new tasks (progress bar on a terminal).")
 @json_option
 def resubmit(cluster: str | None, task_ids: tuple[str, ...], wait_s: float | None, as_json: bool) -> None:
-    """Run finished tasks again as new tasks; prints the new ids."""
+    """Run tasks again as new tasks (in flight or finished); prints the new ids."""
     from .admin import require_known, resubmit as do_resubmit
 
     with admin_client(cluster) as client:

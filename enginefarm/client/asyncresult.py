@@ -87,11 +87,15 @@ class AsyncResult:
     raises its RemoteError, or a CompositeError listing each when several failed.
     """
 
-    def __init__(self, client: Client, task_ids: list[str], single: bool = False, kind: str = "") -> None:
+    def __init__(self, client: Client, task_ids: list[str], single: bool = False, kind: str = "",
+                 owner: bool = False) -> None:
         self._client = client
         self.task_ids = list(task_ids)
         self._single = single
         self.kind = kind
+        # An owner keeps the values itself and takes them out of the client's caches.
+        self.owner = owner
+        self._owned: list[Any] | None = None
 
     @property
     def msg_ids(self) -> list[str]:
@@ -106,11 +110,11 @@ class AsyncResult:
 
     def ready(self) -> bool:
         """True when every task has finished (checks Redis without waiting)."""
-        return self._client.wait(self.task_ids, timeout=0)
+        return self._owned is not None or self._client.wait(self.task_ids, timeout=0)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait up to ``timeout`` seconds (None or negative: forever); True if all finished."""
-        return self._client.wait(self.task_ids, timeout=-1 if timeout is None else timeout)
+        return self._owned is not None or self._client.wait(self.task_ids, timeout=-1 if timeout is None else timeout)
 
     def successful(self) -> bool:
         """True if every task finished without error.
@@ -120,7 +124,8 @@ class AsyncResult:
         """
         if not self.ready():
             raise ValueError("the tasks have not finished yet")
-        return not any(isinstance(self._client.results[t], BaseException) for t in self.task_ids)
+        values = self._owned if self._owned is not None else [self._client.results[t] for t in self.task_ids]
+        return not any(isinstance(v, BaseException) for v in values)
 
     def get(self, timeout: float | None = None, return_exceptions: bool = False) -> Any:
         """Wait for and return the results; with ``return_exceptions``, a failed task's entry
@@ -131,10 +136,7 @@ class AsyncResult:
             RemoteError / CompositeError: one or several tasks failed.
             SignatureError: a stored result was not signed with the cluster key.
         """
-        if not self.wait(timeout):
-            done = sum(1 for t in self.task_ids if t in self._client.results)
-            raise TimeoutError(f"{done}/{len(self.task_ids)} tasks finished within {timeout}s")
-        values = [self._client.results[t] for t in self.task_ids]
+        values = self._owned if self._owned is not None else self._collect(timeout)
         if return_exceptions:
             return values[0] if self._single else values
         errors = [v for v in values if isinstance(v, BaseException)]
@@ -151,6 +153,22 @@ class AsyncResult:
     def metadata(self) -> Any:
         data = [self._client.metadata_for(t) for t in self.task_ids]
         return data[0] if self._single else data
+
+    def _collect(self, timeout: float | None) -> list[Any]:
+        if not self.wait(timeout):
+            done = sum(1 for t in self.task_ids if t in self._client.results)
+            raise TimeoutError(f"{done}/{len(self.task_ids)} tasks finished within {timeout}s")
+        values = [self._client.results[t] for t in self.task_ids]
+        if self.owner:
+            self._owned = values
+            for task_id in self.task_ids:
+                self._client.results.pop(task_id, None)
+        return values
+
+    def abort(self) -> Any:
+        """Abort the tasks that have not started; True for each that was aborted."""
+        done = self._client.abort(self.task_ids)
+        return done[0] if self._single else done
 
     @property
     def msg_id(self) -> str:
@@ -300,7 +318,7 @@ class LocalResult(AsyncResult):
     def successful(self) -> bool:
         return True
 
-    def get(self, timeout: float | None = None) -> Any:
+    def get(self, timeout: float | None = None, return_exceptions: bool = False) -> Any:
         return self._value
 
     @property

@@ -46,10 +46,13 @@ class HubMethods:
         if missing:
             raise TaskError(f"no task {missing[0]!r} in cluster {self.settings.cluster!r}")
 
-    def get_result(self: Client, indices_or_task_ids: Jobs = None, block: bool | None = None) -> AsyncResult:
+    def get_result(self: Client, indices_or_task_ids: Jobs = None, block: bool | None = None,
+                   owner: bool = False) -> AsyncResult:
         """An AsyncResult for tasks by id or history index, whoever submitted them.
 
-        With ``block`` (default: the client's), waits for them before returning.
+        With ``block`` (default: the client's), waits for them before returning. With
+        ``owner``, the AsyncResult takes the results: once it has them, this client forgets
+        its own copies (memory stays bounded for a long-lived client).
         Raises:
             TaskError: an id is unknown.
         """
@@ -57,7 +60,7 @@ class HubMethods:
         ids = self.task_ids_of(jobs)
         self._known(ids)
         single = isinstance(jobs, (str, int))
-        result = AsyncResult(self, ids, single=single, kind="result")
+        result = AsyncResult(self, ids, single=single, kind="result", owner=owner)
         if self.block if block is None else block:
             result.wait()
         return result
@@ -94,18 +97,62 @@ class HubMethods:
         self._connect()
         return self.history_store.query(query, keys, limit)
 
+    def purge_local_results(self: Client, jobs: Jobs | str = (), targets: Any = ()) -> int:
+        """Forget results this client holds (the records stay in the hub): by id, by the
+        engine that ran them (``targets``), or every finished one with 'all'. Returns how many.
+
+        Raises:
+            TaskError: a task named explicitly is still in flight here.
+        """
+        if jobs == "all":
+            finished = [t for t in self.results if t not in self.outstanding]
+        else:
+            finished = self.task_ids_of(None if not jobs else jobs)
+            busy = [t for t in finished if t in self.outstanding]
+            if busy:
+                raise TaskError(f"cannot purge the local result of task {busy[0]} while it is in flight")
+        engines = set(self.ids if targets == "all" else ([targets] if isinstance(targets, int) else targets or ()))
+        if engines:
+            finished += [t for t in self.results if t not in self.outstanding and t in self._metadata
+                         and self._metadata[t]["engine_id"] in engines]
+        gone = 0
+        for task_id in dict.fromkeys(finished):
+            gone += self.results.pop(task_id, None) is not None
+            self._metadata.pop(task_id, None)
+        return gone
+
+    def purge_hub_results(self: Client, jobs: Jobs | str = (), targets: Any = ()) -> int:
+        """Remove finished records from the hub (this client's copies stay): by id, by engine
+        (``targets``), or every one with 'all'. Returns how many records were removed.
+
+        Raises:
+            TaskError: a task named explicitly is unknown or still in flight.
+        """
+        return self._purge(jobs, targets, local=False)
+
+    def purge_everything(self: Client) -> int:
+        """Remove every finished record and result, here and in the hub, and this client's
+        history (ipyparallel's purge_everything)."""
+        removed = self.purge_results("all")
+        self.history.clear()
+        return removed
+
     def purge_results(self: Client, jobs: Jobs | str = (), targets: Any = ()) -> int:
-        """Forget finished tasks: by id, by engine (``targets``), or everything with 'all'.
+        """Forget finished tasks, here and in the hub: by id, by engine (``targets``), or
+        everything with 'all'.
 
         Returns how many records were removed.
         Raises:
             TaskError: a task named explicitly is unknown or still in flight.
         """
+        return self._purge(jobs, targets, local=True)
+
+    def _purge(self: Client, jobs: Jobs | str, targets: Any, local: bool) -> int:
         self._connect()
         if jobs == "all":
             removed = self.history_store.purge_all()
-            self.results.clear()
-            self._metadata.clear()
+            if local:
+                self.purge_local_results("all")
             return removed
         ids = self.task_ids_of(None if jobs is None or (isinstance(jobs, (list, tuple, set)) and not jobs) else jobs)
         if ids:
@@ -119,16 +166,18 @@ class HubMethods:
             engines = self.ids
         for engine_id in engines:
             removed += self.history_store.purge_engine(int(engine_id))
-        for task_id in ids:
-            self.results.pop(task_id, None)
-            self._metadata.pop(task_id, None)
+        if local:
+            for task_id in ids:
+                self.results.pop(task_id, None)
+                self._metadata.pop(task_id, None)
         return removed
 
     def resubmit(self: Client, indices_or_task_ids: Jobs, block: bool | None = None) -> Any:
-        """Run finished tasks again, as new tasks with the same request.
+        """Run tasks again, as new tasks with the same request (a task still in flight goes
+        on; the new one is another task with its own record, as in ipyparallel).
 
         Raises:
-            TaskError: a task is unknown or still in flight.
+            TaskError: a task is unknown.
             InvalidEngineID: a task targeted an engine that is gone.
             SignatureError / DecodeError: a stored request is not a valid signed request of
                 its task (nothing is resubmitted then).
@@ -142,8 +191,6 @@ class HubMethods:
         for task_id, record in zip(ids, self.records.get_many(ids)):
             if record is None:
                 raise TaskError(f"no task {task_id!r} in cluster {self.settings.cluster!r}")
-            if not record.done:
-                raise TaskError(f"cannot resubmit task {record.task_id} while it is in flight")
             # What runs, and where, comes from the signed request alone; the record's own
             # fields (kind, engine) are anyone's who can write to Redis.
             message = open_task(self.ring, record.request or b"")

@@ -41,6 +41,8 @@ class LoadBalancedView:
                  **task_options: Any) -> None:
         self.client = client
         self.block = block
+        # Every task this view submitted, in order (ipyparallel's view.history).
+        self.history: list[str] = []
         self.task_options: dict[str, Any] = {}
         self.set_flags(targets=targets, **task_options)
 
@@ -67,6 +69,20 @@ class LoadBalancedView:
             else:
                 self.task_options[name] = value
 
+    @property
+    def outstanding(self) -> set[str]:
+        """Tasks of this view not finished yet (as far as its client knows)."""
+        return {t for t in self.history if t in self.client.outstanding}
+
+    def abort(self, jobs: Any = None) -> Any:
+        """Abort tasks of this view that have not started (default: all it has outstanding)."""
+        return self.client.abort(sorted(self.outstanding) if jobs is None else jobs)
+
+    def _submit(self, tasks: list[MapTask], blocking: bool) -> list[str]:
+        task_ids = self.client._submit_tasks(tasks, confirm=not blocking)
+        self.history.extend(task_ids)
+        return task_ids
+
     @contextlib.contextmanager
     def temp_flags(self, **flags: Any) -> Iterator[None]:
         """Flags for the tasks submitted inside the ``with`` block only."""
@@ -85,7 +101,7 @@ class LoadBalancedView:
     def apply(self, f: Callable[..., Any], *args: Any, block: bool | None = None, **kwargs: Any) -> Any:
         """Run ``f(*args, **kwargs)`` on one engine chosen by the scheduler."""
         blocking = self._block(block)
-        task_id = self.client._submit_tasks([MapTask(f, args, kwargs, **self.task_options)], confirm=not blocking)[0]
+        task_id = self._submit([MapTask(f, args, kwargs, **self.task_options)], blocking)[0]
         result = AsyncResult(self.client, [task_id], single=True, kind="apply")
         return result.get() if blocking else result
 
@@ -108,7 +124,7 @@ class LoadBalancedView:
         chunks = [arg_tuples[i : i + size] for i in range(0, len(arg_tuples), size)]
         tasks = [MapTask(call_chunk, (f, chunk), **self.task_options) for chunk in chunks]
         blocking = self._block(block)
-        task_ids = self.client._submit_tasks(tasks, confirm=not blocking)
+        task_ids = self._submit(tasks, blocking)
         result = AsyncMapResult(self.client, task_ids, [len(c) for c in chunks], ordered)
         return result.get() if blocking else result
 

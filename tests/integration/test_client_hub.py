@@ -243,13 +243,16 @@ def test_resubmit_direct_tasks(client, other_client, engines, gates):
     assert ar.get(timeout=LONG) == ("again", engines[1].pid)
     assert client.db_query({"task_id": ar.task_ids[0]}, keys=["client_id"])[0]["client_id"] == other_client.client_id
 
-    # Refused while in flight, and for unknown ids; nothing new is recorded
+    # In flight: the task goes on, and its resubmission is a new task of its own
     client.block = False
     gate = gates()
     _, busy = apply_nb(client, 0, wait_file, gate)
+    again = client.resubmit(busy)
+    assert again.task_ids[0] != busy and client.hub_history()[-2:] == [busy, again.task_ids[0]]
+    Path(gate).touch()
+    assert client.get_result(busy).get(timeout=LONG) == again.get(timeout=LONG)
+    # Refused for unknown ids; nothing new is recorded
     before = client.hub_history()
-    with pytest.raises(TaskError, match=f"cannot resubmit task {busy} while it is in flight"):
-        client.resubmit(busy)
     with pytest.raises(TaskError, match="no task 'ghost'"):
         client.resubmit(["ghost"])
     assert client.hub_history() == before
@@ -279,11 +282,13 @@ def test_resubmit_load_balanced_tasks(client, cluster, gates):
     # The aborted task is still aborted and never started
     rec = client.db_query({"task_id": aborted})[0]
     assert rec["status"] == ABORTED and rec["attempts"] == 0 and "started" not in rec
-    # In flight: refused
+    # In flight: a new task beside the one that goes on
     gate2 = gates()
-    busy = client.submit(MapTask(wait_file, (gate2,)))
-    with pytest.raises(TaskError, match="while it is in flight"):
-        client.resubmit(busy)
+    busy = client.submit(MapTask(wait_file, (gate2, "both")))
+    again = client.resubmit(busy, block=False)
+    assert again.task_ids[0] != busy
+    Path(gate2).touch()
+    assert again.get(timeout=LONG) == "both" and client.get_task_result(busy, block=True, timeout=LONG).result == "both"
 
 
 # --- purge_results -----------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from enginefarm import MapTask, error
 from enginefarm.errors import CompositeError, RemoteError
 
 from . import farm_tasks as ft
+from ..harness import wait_for
 
 TIMEOUT_S = 60
 
@@ -101,3 +102,55 @@ def test_get_can_return_exceptions_instead_of_raising(cluster, client):
     assert isinstance(values[1], RemoteError) and values[1].ename == "ZeroDivisionError"
     with pytest.raises(RemoteError):
         ar.get(timeout=TIMEOUT_S)
+
+
+def test_purging_local_hub_and_everything(cluster, client):
+    engines = cluster.start_engines(2)
+    first, second = (client[d.engine_id].apply(pow, 2, d.engine_id + 1, block=False) for d in engines)
+    assert first.get(timeout=TIMEOUT_S) == 2 and second.get(timeout=TIMEOUT_S) == 4
+    one, two = first.task_ids[0], second.task_ids[0]
+    # Local: this client forgets its copy, the hub keeps the record
+    assert client.purge_local_results(one) == 1
+    assert one not in client.results and client.db_query({"task_id": one}, keys=["status"])
+    assert client.get_result(one).get(timeout=TIMEOUT_S) == 2  # read back from the hub
+    assert client.purge_local_results(targets=[engines[1].engine_id]) == 1 and two not in client.results
+    # Hub: the record goes, a copy held here stays
+    assert client.purge_hub_results(one) == 1
+    assert client.db_query({"task_id": one}) == [] and client.results[one] == 2
+    # Everything: records, results and this client's history
+    assert client.purge_everything() == 1
+    assert client.hub_history() == [] and client.history == [] and client.results == {}
+
+
+def test_an_owner_takes_the_results_out_of_the_client(cluster, client):
+    engine = cluster.start_engine()
+    done = client[engine.engine_id].apply(pow, 3, 3, block=False)
+    done.get(timeout=TIMEOUT_S)
+    client.purge_local_results("all")
+    owned = client.get_result(done.task_ids, owner=True, block=False)
+    assert owned.get(timeout=TIMEOUT_S) == [27]
+    assert done.task_ids[0] not in client.results
+    # It keeps them itself
+    assert owned.ready() and owned.successful() and owned.get() == [27]
+
+
+def test_abort_on_results_and_on_load_balanced_views(cluster, client, gates):
+    cluster.start_scheduler()
+    cluster.start_engine()
+    gate = gates()
+    view = client.load_balanced_view()
+    holder = view.apply(ft.gate, gate, block=False)
+    wait_for(lambda: client.records.get(holder.task_ids[0]).status == "running", TIMEOUT_S, "the gate task to run")
+    waiting = view.apply(pow, 2, 2, block=False)
+    also = view.map(abs, [-1, -2], chunksize=1, block=False)
+    # An AsyncResult aborts its own tasks; a view aborts what it has outstanding
+    assert waiting.abort() is True
+    # (the running gate task, and the task aborted already, are not aborted again)
+    assert sorted(view.abort()) == [False, False, True, True]
+    ft.Gates.open(gate)
+    assert holder.get(timeout=TIMEOUT_S) == "released"
+    with pytest.raises(error.TaskAborted):
+        waiting.get(timeout=TIMEOUT_S)
+    with pytest.raises(error.RemoteError):
+        also.get(timeout=TIMEOUT_S)
+    assert view.outstanding == set()
