@@ -71,6 +71,8 @@ class Kind(str, Enum):
     KEYS = "keys"
     GET_RESULT = "get_result"
     KILL = "kill"
+    PUSH_SERIALIZED = "push_serialized"
+    PULL_SERIALIZED = "pull_serialized"
 
     def __str__(self) -> str:
         return self.value

@@ -324,3 +324,26 @@ class LocalResult(AsyncResult):
     @property
     def metadata(self) -> Any:
         return None if self._single else []
+
+
+class AsyncJoinedResult(AsyncResult):
+    """One value made from every target's answer once all have arrived: gather joins the
+    parts, zip_pull regroups the values by name. ``join`` gets the answers in target order.
+    """
+
+    def __init__(self, client: Client, task_ids: list[str], join: Callable[[list[Any]], Any],
+                 kind: str = "") -> None:
+        super().__init__(client, task_ids, single=False, kind=kind)
+        self._join = join
+
+    def get(self, timeout: float | None = None, return_exceptions: bool = False) -> Any:
+        """The joined value; with ``return_exceptions`` and a failed target, the answers
+        unjoined (a failure cannot be joined).
+
+        Raises:
+            TimeoutError, RemoteError, CompositeError: as ``AsyncResult.get``.
+        """
+        answers = super().get(timeout, return_exceptions)
+        if any(isinstance(a, BaseException) for a in answers):
+            return answers
+        return self._join(answers)

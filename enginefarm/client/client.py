@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..broker import Publisher
@@ -24,6 +25,7 @@ from ..store.records import ABORTED, COMPLETED, PENDING, NewTask, error_fields
 from .asyncresult import Metadata, MetadataStore
 from .farming import TaskFarming
 from .hub import HubMethods
+from .targets import ViewKey, view_targets, wait_for_count
 from .view import DirectView
 
 log = logging.getLogger(__name__)
@@ -117,13 +119,48 @@ class Client(TaskFarming, HubMethods):
         self._connect()
         return self.registry.live_ids()
 
-    def __getitem__(self, targets: Targets) -> DirectView:
-        self.resolve_targets(targets)
-        return DirectView(self, targets)
+    def __len__(self) -> int:
+        """How many engines are alive now."""
+        return len(self.ids)
 
-    def direct_view(self, targets: Targets = "all") -> DirectView:
-        """A view for explicit, per-engine control over ``targets``."""
-        return DirectView(self, targets)
+    def __iter__(self) -> Iterator[int]:
+        """The ids of the engines alive now."""
+        return iter(self.ids)
+
+    def __bool__(self) -> bool:
+        # A client is a client, engines or not: ``client or Client()`` must not reconnect.
+        return True
+
+    def __getitem__(self, key: ViewKey) -> DirectView:
+        """``client[1]``, ``client[-1]``, ``client[:]``, ``client[::2]``, ``client[[0, 2]]``: a
+        view on those engines, resolved against the live ids now.
+
+        Raises:
+            InvalidEngineID: an id not alive, an index out of range or a bad slice.
+        """
+        return DirectView(self, view_targets(key, self._recent_ids(), self.settings.cluster))
+
+    def direct_view(self, targets: ViewKey | None = "all") -> DirectView:
+        """A view for explicit, per-engine control over ``targets``; 'all' (the default)
+        means the engines alive at each call, anything else is resolved now as by
+        ``client[targets]`` (None: the engines alive now)."""
+        if isinstance(targets, str) and targets == "all":
+            return DirectView(self, "all")
+        return self[slice(None) if targets is None else targets]
+
+    def wait_for_engines(self, n: int | None = None, *, timeout: float = -1) -> None:
+        """Block until at least ``n`` engines are alive (``timeout`` negative: no limit).
+
+        Raises:
+            TimeoutError: fewer than ``n`` within ``timeout`` seconds.
+            TypeError: no ``n`` (this client does not own the cluster: it cannot know how many).
+        """
+        def alive() -> int:
+            # What it saw is what the next ``client[-1]`` resolves against.
+            self._ids_cache = (time.monotonic(), self.ids)
+            return len(self._ids_cache[1])
+
+        wait_for_count(alive, n, timeout, self.settings.cluster)
 
     def _recent_ids(self, max_age_s: float = 0.25) -> list[int]:
         """Live ids, read at most every ``max_age_s``: back-to-back calls share one look-up."""
@@ -199,6 +236,26 @@ class Client(TaskFarming, HubMethods):
         payload = dumps(request, what or f"the {kind} request") if request is not None else b""
         return self._send_sealed(kind, payload, engine_ids, header, confirm)
 
+    def send_direct_each(
+        self,
+        kind: str,
+        requests: Sequence[tuple[int, Any]],
+        what: str = "",
+        confirm: bool = True,
+    ) -> list[str]:
+        """Publish one command per ``(engine_id, request)``, each engine its own request
+        (scatter's parts, map's slices); returns the task ids in that order. Every request is
+        pickled before any is published, so a failure leaves nothing half sent.
+
+        Raises:
+            SerializationError, PayloadTooLarge: a request cannot be sent (nothing is published).
+        """
+        self._connect()
+        payloads = [(engine_id, dumps(request, what or f"the {kind} request")) for engine_id, request in requests]
+        for _, payload in payloads:
+            self.check_size(payload, f"the {kind} request")
+        return self._send_sealed_each(kind, payloads, None, confirm)
+
     def check_size(self, payload: bytes, what: str) -> None:
         """Raises: PayloadTooLarge before anything is recorded or published."""
         cap = self.settings.max_message_bytes
@@ -209,8 +266,12 @@ class Client(TaskFarming, HubMethods):
     def _send_sealed(self, kind: str, payload: bytes, engine_ids: list[int],
                      header: dict[str, Any] | None = None, confirm: bool = True) -> list[str]:
         self.check_size(payload, f"the {kind} request")
+        return self._send_sealed_each(kind, [(e, payload) for e in engine_ids], header, confirm)
+
+    def _send_sealed_each(self, kind: str, payloads: list[tuple[int, bytes]],
+                          header: dict[str, Any] | None = None, confirm: bool = True) -> list[str]:
         tasks, bodies = [], []
-        for engine_id in engine_ids:
+        for engine_id, payload in payloads:
             task_id = new_id()
             head = TaskHeader.decode({
                 "task_id": task_id, "kind": kind, "client_id": self.client_id,

@@ -3,14 +3,20 @@
 Every method takes ``targets`` (int, list of ints or 'all'; default the view's) and
 ``block`` (default the view's, then the client's). Blocking calls return one entry per
 target in target order, or the bare value when the targets are a single int.
+
+Data movement follows ipyparallel: ``scatter``/``gather`` split and join a sequence over
+the targets, ``map`` runs one share per target, ``view['x']`` pulls and ``view['x'] = v``
+pushes (see ``partition`` for how sequences are split).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from .asyncresult import AsyncResult, LocalResult
+from ..chunks import call_map
+from . import partition
+from .asyncresult import AsyncJoinedResult, AsyncMapResult, AsyncResult, LocalResult
 
 if TYPE_CHECKING:
     from .client import Client, Targets
@@ -26,6 +32,18 @@ class DirectView:
 
     def __repr__(self) -> str:
         return f"<DirectView targets={self.targets!r}>"
+
+    def __len__(self) -> int:
+        """How many engines the view targets ('all': how many are alive now)."""
+        if isinstance(self.targets, int):
+            return 1
+        if self.targets is None or self.targets == "all":
+            return len(self.client.ids)
+        return len(self.targets)
+
+    def __bool__(self) -> bool:
+        # A view is a view even while 'all' has no engines (and truth needs no round trip).
+        return True
 
     # --- plumbing -------------------------------------------------------------------
     def _plan(self, targets: Targets) -> tuple[list[int], bool]:
@@ -68,7 +86,8 @@ class DirectView:
     def run(self, filename: str, targets: Targets = _UNSET, block: bool | None = None) -> Any:
         """Execute the contents of a local file on the targets."""
         with open(filename, encoding="utf-8") as handle:
-            return self.execute(handle.read(), targets, block)
+            # A last line that is indented whitespace without a newline would not compile.
+            return self.execute(handle.read() + "\n", targets, block)
 
     def apply(self, f: Callable[..., Any], *args: Any, targets: Targets = _UNSET,
               block: bool | None = None, **kwargs: Any) -> Any:
@@ -125,6 +144,130 @@ class DirectView:
     def kill(self, targets: Targets = _UNSET, block: bool | None = None) -> Any:
         """Stop the target engines once the commands queued before this one have run."""
         return self._send("kill", None, targets, block)
+
+    def push_serialized(self, namespace: dict[str, bytes], targets: Targets = _UNSET,
+                        block: bool | None = None) -> Any:
+        """Like push, for values already serialized with ``enginefarm.serialization.dumps``:
+        the bytes travel as they are and each engine loads them.
+
+        Raises:
+            TypeError: a value is not bytes (nothing is sent).
+        """
+        if not isinstance(namespace, dict):
+            raise TypeError("push_serialized takes a dict of names to serialized bytes")
+        for name, data in namespace.items():
+            if not isinstance(data, (bytes, bytearray)):
+                raise TypeError(f"push_serialized takes bytes from serialization.dumps; {name!r} is "
+                                f"{type(data).__name__}")
+        return self._send("push_serialized", namespace, targets, block, what=_what(namespace))
+
+    def pull_serialized(self, names: str | list[str], targets: Targets = _UNSET, block: bool | None = None) -> Any:
+        """Like pull, but each value comes back as ``serialization.dumps`` bytes, not loaded
+        (to pass on, store or load later with ``serialization.loads``)."""
+        return self._send("pull_serialized", names, targets, block)
+
+    def zip_pull(self, keys: str | Sequence[str], targets: Targets = _UNSET, block: bool | None = None) -> Any:
+        """Seed 000's ``zip_pull``: per name, a tuple of its value on each target, in target
+        order: ``[(a_on_0, a_on_1), (b_on_0, b_on_1)]``. One pull of all names per engine."""
+        names = [keys] if isinstance(keys, str) else list(keys)
+        engine_ids, _ = self._plan(targets)
+        blocking = self._block(block)
+        task_ids = self.client.send_direct("pull", names, engine_ids, confirm=not blocking)
+        result = AsyncJoinedResult(self.client, task_ids, lambda answers: list(zip(*answers)), "zip_pull")
+        return result.get() if blocking else result
+
+    # --- dictionary access (ipyparallel) ------------------------------------------------
+    def __getitem__(self, key: str) -> Any:
+        """``view['x']``: pull ``x``, blocking (the bare value on a view of one int)."""
+        if not isinstance(key, str):
+            raise TypeError(f"a view is indexed by a name, not {key!r}")
+        return self.get(key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        """``view['x'] = v``: push ``x``, blocking."""
+        if not isinstance(key, str):
+            raise TypeError(f"a view is indexed by a name, not {key!r}")
+        self.push({key: value}, block=True)
+
+    def get(self, key_s: str | list[str]) -> Any:
+        """Pull, blocking."""
+        return self.pull(key_s, block=True)
+
+    def update(self, ns: dict[str, Any]) -> Any:
+        """Push ``ns`` (blocking as the view does)."""
+        return self.push(ns)
+
+    def clear(self, targets: Targets = _UNSET, block: bool | None = None) -> Any:
+        """Reset the targets' namespaces (ipyparallel's ``DirectView.clear``; ``Client.clear``
+        without targets forgets held results instead)."""
+        return self.reset(targets, block)
+
+    # --- scatter, gather, map -----------------------------------------------------------
+    def scatter(self, key: str, seq: Any, dist: str = "b", flatten: bool = False,
+                targets: Targets = _UNSET, block: bool | None = None) -> Any:
+        """Split ``seq`` over the targets and push part i to target i as ``key``.
+
+        ``dist`` 'b': contiguous parts, the first ``len(seq) % n`` one item longer; 'r':
+        target i gets ``seq[i::n]``. With ``flatten``, a part of one item is pushed as that
+        item. Blocking: returns None once every part is in place; else an AsyncResult.
+
+        Raises:
+            ValueError: an unknown ``dist`` (nothing is sent).
+        """
+        partition.check_dist(dist)
+        engine_ids, _ = self._plan(targets)
+        parts = partition.split(seq, len(engine_ids), dist)
+        requests = [(e, {key: partition.flattened(p, flatten)}) for e, p in zip(engine_ids, parts)]
+        blocking = self._block(block)
+        task_ids = self.client.send_direct_each("push", requests, f"a part of {key!r}", confirm=not blocking)
+        result = AsyncResult(self.client, task_ids, kind="scatter")
+        if blocking:
+            result.get()
+            return None
+        return result
+
+    def gather(self, key: str, dist: str = "b", targets: Targets = _UNSET, block: bool | None = None) -> Any:
+        """Pull ``key`` from every target and join the parts: the inverse of ``scatter``.
+
+        Arrays come back as one array, other sequences as one list (see ``partition.join``).
+        """
+        partition.check_dist(dist)
+        engine_ids, _ = self._plan(targets)
+        blocking = self._block(block)
+        task_ids = self.client.send_direct("pull", key, engine_ids, confirm=not blocking)
+        result = AsyncJoinedResult(self.client, task_ids, lambda parts: partition.join(parts, dist), "gather")
+        return result.get() if blocking else result
+
+    def map(self, f: Callable[..., Any], *sequences: Iterable[Any], block: bool | None = None,
+            return_exceptions: bool = False) -> Any:
+        """``list(map(f, *sequences))``, one contiguous share per target (the block rule of
+        ``scatter``), results in input order. Non-blocking: an AsyncMapResult (iterate it)."""
+        if not callable(f):
+            raise TypeError(f"{f!r} is not callable")
+        if not sequences:
+            raise TypeError("map needs at least one sequence")
+        seqs = [partition.sized(s) for s in sequences]
+        length = min(len(s) for s in seqs)  # as builtin map: the shortest sequence decides
+        engine_ids, _ = self._plan(_UNSET)
+        requests: list[tuple[int, Any]] = []
+        sizes: list[int] = []
+        for index, engine_id in enumerate(engine_ids):
+            low, high = partition.block_bounds(length, index, len(engine_ids))
+            if high > low:
+                parts = [partition.part(s, index, len(engine_ids), length=length) for s in seqs]
+                requests.append((engine_id, (call_map, (f, *parts), {})))
+                sizes.append(high - low)
+        blocking = self._block(block)
+        what = f"function {getattr(f, '__qualname__', f)!r} or its arguments"
+        task_ids = self.client.send_direct_each("apply", requests, what, confirm=not blocking) if requests else []
+        result = AsyncMapResult(self.client, task_ids, sizes)
+        return result.get(return_exceptions=return_exceptions) if blocking else result
+
+    def map_sync(self, f: Callable[..., Any], *sequences: Iterable[Any], **kwargs: Any) -> list[Any]:
+        return cast("list[Any]", self.map(f, *sequences, block=True, **kwargs))
+
+    def map_async(self, f: Callable[..., Any], *sequences: Iterable[Any], **kwargs: Any) -> AsyncMapResult:
+        return cast(AsyncMapResult, self.map(f, *sequences, block=False, **kwargs))
 
     # --- properties (kept in Redis) ---------------------------------------------------
     def set_properties(self, properties: dict[str, Any], targets: Targets = _UNSET,

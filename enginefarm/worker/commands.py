@@ -134,6 +134,29 @@ def cmd_pull_list(state: EngineState, pull: Any) -> list[str]:
     return names
 
 
+def cmd_push_serialized(state: EngineState, mapping: dict[str, bytes]) -> None:
+    """Values the client serialized itself (``serialization.dumps``): loaded here, once.
+
+    Every value is loaded before any is bound, so a bad one leaves the namespace as it was.
+    """
+    loaded = {}
+    for name, data in mapping.items():
+        if not isinstance(data, (bytes, bytearray)):
+            raise TypeError(f"push_serialized takes bytes from serialization.dumps; {name!r} is "
+                            f"{type(data).__name__}")
+        loaded[name] = serialization.loads(bytes(data), f"the serialized value of {name!r}")
+    state.namespace.update(loaded)
+
+
+def cmd_pull_serialized(state: EngineState, request: str | list[str]) -> bytes | list[bytes]:
+    """Like pull, but each value comes back as ``serialization.dumps`` bytes for the client
+    to load when (and if) it wants."""
+    value = cmd_pull(state, request)
+    if isinstance(request, str):
+        return serialization.dumps(value, repr(request))
+    return [serialization.dumps(v, repr(name)) for name, v in zip(request, value)]
+
+
 COMMANDS: dict[str, Callable[[EngineState, Any], Any]] = {
     "execute": cmd_execute,
     "apply": cmd_apply,
@@ -147,6 +170,8 @@ COMMANDS: dict[str, Callable[[EngineState, Any], Any]] = {
     "keys": cmd_keys,
     "get_result": cmd_get_result,
     "kill": cmd_kill,
+    "push_serialized": cmd_push_serialized,
+    "pull_serialized": cmd_pull_serialized,
 }
 
 

@@ -58,7 +58,8 @@ def explode(message):
 # --- the commands -------------------------------------------------------------------------
 def test_every_kind_has_a_command():
     assert set(COMMANDS) == {"execute", "apply", "map_task", "string_task", "push", "push_function",
-                             "pull", "pull_function", "reset", "keys", "get_result", "kill"}
+                             "pull", "pull_function", "reset", "keys", "get_result", "kill",
+                             "push_serialized", "pull_serialized"}
 
 
 def test_fresh_state_has_only_main_and_builtins(state):
@@ -114,6 +115,31 @@ def test_push_function_and_pull_function(state):
     run(state, "execute", "r = add(3, b=4)")
     assert state.namespace["r"] == 7
     assert value_of(run(state, "pull_function", "add"))(1, 1) == 2
+
+
+def test_push_serialized_loads_the_bytes_on_the_engine(state):
+    # Given values the client serialized itself
+    run(state, "push_serialized", {"a": serialization.dumps([1, 2]), "f": serialization.dumps(add)})
+    # Then the engine holds the objects, not the bytes
+    assert state.namespace["a"] == [1, 2]
+    assert state.namespace["f"](2, 3) == 5
+
+
+def test_push_serialized_refuses_what_is_not_bytes_and_binds_nothing(state):
+    error = error_of(run(state, "push_serialized", {"ok": serialization.dumps(1), "bad": [1]}))
+    assert error["ename"] == "TypeError" and "'bad'" in error["evalue"]
+    error = error_of(run(state, "push_serialized", {"ok": serialization.dumps(1), "torn": b"\x80\x05"}))
+    assert error["ename"] == "SerializationError" and "'torn'" in error["evalue"]
+    assert "ok" not in state.namespace
+
+
+def test_pull_serialized_returns_bytes_that_load_to_the_values(state):
+    run(state, "push", {"a": {"k": 1}, "b": (2, 3)})
+    one = value_of(run(state, "pull_serialized", "a"))
+    assert isinstance(one, bytes) and serialization.loads(one) == {"k": 1}
+    several = value_of(run(state, "pull_serialized", ["b", "a"]))
+    assert [serialization.loads(v) for v in several] == [(2, 3), {"k": 1}]
+    assert error_of(run(state, "pull_serialized", ["nope"]))["ename"] == "NameError"
 
 
 def test_keys_lists_user_names_sorted(state):
