@@ -14,6 +14,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
@@ -338,6 +339,27 @@ RECORD_FIELDS: tuple[RecordField, ...] = (
     RecordField("last_error", T.JSON, listed=False),
 )
 FIELDS_BY_NAME = {f.name: f for f in RECORD_FIELDS}
+# Moments (seconds since the epoch in Redis; timezone-aware datetimes in the Python API).
+TIME_FIELDS = ("submitted", "started", "completed", "failed_at")
+# ipyparallel's names for record fields.
+ALIASES = {"msg_id": "task_id"}
+
+
+def as_datetime(seconds: float | None) -> datetime | None:
+    return None if seconds is None else datetime.fromtimestamp(seconds, tz=timezone.utc)
+
+
+def as_seconds(moment: datetime | float | None) -> float | None:
+    """Seconds since the epoch; a naive datetime is taken as local time (as datetime does)."""
+    return moment.timestamp() if isinstance(moment, datetime) else moment
+
+
+def with_datetimes(row: dict[str, Any]) -> dict[str, Any]:
+    """A record row for the Python API: moments as datetimes."""
+    for name in TIME_FIELDS:
+        if isinstance(row.get(name), float):
+            row[name] = as_datetime(row[name])
+    return row
 # What a client reads to turn a finished record into a result (order matters: the inbox
 # packs them in this order).
 RESULT_FIELDS = tuple(f.name for f in RECORD_FIELDS if f.result)

@@ -178,7 +178,7 @@ class AsyncResult:
         return self.task_ids[0]
 
     def _stamps(self, key: str) -> list[float]:
-        return [m[key] for m in self._client.metadata_for_many(self.task_ids) if m[key] is not None]
+        return [m[key].timestamp() for m in self._client.metadata_for_many(self.task_ids) if m[key] is not None]
 
     @property
     def elapsed(self) -> float:
@@ -195,7 +195,7 @@ class AsyncResult:
     @property
     def serial_time(self) -> float:
         """Seconds the tasks ran, added up: what they would take one after the other."""
-        return sum(m["completed"] - m["started"] for m in self._client.metadata_for_many(self.task_ids)
+        return sum((m["completed"] - m["started"]).total_seconds() for m in self._client.metadata_for_many(self.task_ids)
                    if m["completed"] is not None and m["started"] is not None)
 
     def get_dict(self, timeout: float | None = None) -> dict[int, Any]:

@@ -19,7 +19,7 @@ from ..names import Names
 from ..protocol import new_id, seal
 from ..recovery import Reaper
 from ..serialization import dumps, loads
-from ..task import TaskHeader
+from ..task import TaskHeader, with_datetimes
 from ..store import Stores, TaskRecord
 from ..store.records import ABORTED, COMPLETED, PENDING, NewTask, error_fields
 from .asyncresult import Metadata, MetadataStore
@@ -436,4 +436,6 @@ class Client(TaskFarming, HubMethods):
 
 
 def metadata_of(record: TaskRecord) -> Metadata:
-    return Metadata(**{key: getattr(record, key) for key in Metadata.KEYS})
+    """ipyparallel's metadata: moments as timezone-aware datetimes."""
+    values = {key: getattr(record, key) for key in Metadata.KEYS}
+    return Metadata(**with_datetimes(values))

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidEngineID, SignatureError, TaskError
-from ..task import TERMINAL, open_task
+from ..task import TERMINAL, open_task, with_datetimes
 from .asyncresult import AsyncResult
 
 if TYPE_CHECKING:
@@ -84,16 +84,19 @@ class HubMethods:
         return self.history_store.task_ids()
 
     def db_query(self: Client, query: dict[str, Any], keys: list[str] | None = None) -> list[dict[str, Any]]:
-        """Task records matching a Mongo-style query (see ``enginefarm.store.query``).
+        """Task records matching a Mongo-style query (see ``enginefarm.store.query``), with
+        moments as timezone-aware datetimes; a query may compare them with datetimes (or
+        epoch seconds), and name ``task_id`` as ``msg_id``.
 
         Raises:
             QueryError: the query is malformed.
         """
-        return self.db_query_limited(query, None, keys)
+        return [with_datetimes(row) for row in self.db_query_limited(query, None, keys)]
 
     def db_query_limited(self: Client, query: dict[str, Any], limit: int | None,
                          keys: list[str] | None = None) -> list[dict[str, Any]]:
-        """``db_query`` returning at most ``limit`` records (the oldest matching)."""
+        """At most ``limit`` records (the oldest matching), moments in epoch seconds (what
+        the CLI prints and writes as JSON)."""
         self._connect()
         return self.history_store.query(query, keys, limit)
 

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from ..errors import RemoteError
+from ..task import as_seconds
 from .dependency import as_spec
 
 
@@ -209,9 +210,10 @@ class TaskResult:
         self.failure = failure
         meta = dict(metadata or {})
         self.metadata = meta
-        self.submitted: float | None = meta.get("submitted")
-        self.started: float | None = meta.get("started")
-        self.completed: float | None = meta.get("completed")
+        # Seed 003 gives TaskResult's moments in seconds; the metadata has datetimes.
+        self.submitted: float | None = as_seconds(meta.get("submitted"))
+        self.started: float | None = as_seconds(meta.get("started"))
+        self.completed: float | None = as_seconds(meta.get("completed"))
         self.attempts: int = meta.get("attempts", 0)
         self.stdout: str = meta.get("stdout", "")
         self.stderr: str = meta.get("stderr", "")

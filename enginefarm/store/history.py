@@ -19,7 +19,7 @@ from ..names import Names
 from .connection import translate_errors
 from .query import equal_values, matches, time_range, validate
 from ..errors import DecodeError
-from ..task import LISTED_FIELDS, STATUSES, TERMINAL, decode_field
+from ..task import ALIASES, LISTED_FIELDS, STATUSES, TERMINAL, decode_field
 
 BATCH = 500
 
@@ -67,6 +67,17 @@ def _decode_row(fields: list[str], values: list[bytes | None]) -> dict[str, Any]
     if problems:
         row["invalid"] = "; ".join(problems)
     return row
+
+
+def _shaped(row: dict[str, Any], asked: list[str]) -> dict[str, Any]:
+    """The fields asked for (under the name asked: ``msg_id`` too), the task id, and what did
+    not decode."""
+    out = {"task_id": row["task_id"]}
+    for name in [*asked, "invalid"]:
+        source = ALIASES.get(name, name)
+        if source in row:
+            out[name] = row[source]
+    return out
 
 
 class History:
@@ -158,7 +169,8 @@ class History:
         query = validate(query)
         if limit is not None and limit <= 0:
             return []
-        wanted = list(keys) if keys is not None else list(LISTED_FIELDS)
+        asked = list(keys) if keys is not None else list(LISTED_FIELDS)
+        wanted = [ALIASES.get(k, k) for k in asked]
         needed = list(dict.fromkeys([*wanted, *query]))
         candidates = self._candidates(query)
         batches = (
@@ -169,7 +181,7 @@ class History:
         for batch in batches:
             for row in self.fetch(batch, needed):
                 if row is not None and matches(row, query):
-                    found.append({k: row[k] for k in ["task_id", *wanted, "invalid"] if k in row})
+                    found.append(_shaped(row, asked))
                     if limit is not None and len(found) >= limit:
                         return found
         return found

@@ -7,7 +7,10 @@ must hold). ``{"submitted": {"$gt": t}}`` matches records submitted *after* t.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
+
+from ..task import ALIASES
 
 OPERATORS = frozenset({"$lt", "$gt", "$lte", "$gte", "$ne", "$in", "$nin", "$exists"})
 # Far more than any real query needs; a bound keeps a hostile one from exhausting the stack of
@@ -21,9 +24,16 @@ class QueryError(ValueError):
 
 
 def validate(query: Any) -> dict[str, Any]:
+    """The query, checked; datetimes become seconds since the epoch (how records keep
+    moments) and ipyparallel's field names (``msg_id``) ours.
+
+    Raises:
+        QueryError: not a mapping of field -> value or {operator: value}.
+    """
     if not isinstance(query, Mapping):
         raise QueryError(f"a query is a dict of field -> condition, not {type(query).__name__}")
     _check_depth(query)
+    query = {ALIASES.get(k, k) if isinstance(k, str) else k: _seconds(v) for k, v in query.items()}
     for field, condition in query.items():
         if not isinstance(field, str) or field.startswith("$"):
             raise QueryError(f"bad field name {field!r} (top-level operators are not supported)")
@@ -34,6 +44,17 @@ def validate(query: Any) -> dict[str, Any]:
                 if op in ("$in", "$nin") and not isinstance(arg, (list, tuple, set)):
                     raise QueryError(f"{op} on {field!r} takes a list")
     return dict(query)
+
+
+def _seconds(value: Any) -> Any:
+    """Datetimes in a condition (also inside operators and lists) as epoch seconds."""
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, Mapping):
+        return {k: _seconds(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return type(value)(_seconds(v) for v in value)
+    return value
 
 
 def _check_depth(query: Mapping[str, Any]) -> None:

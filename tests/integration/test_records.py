@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -81,6 +82,12 @@ def farm(cluster):
     return SimpleNamespace(engine=engine, scheduler=scheduler)
 
 
+def seconds(moment: datetime) -> float:
+    """db_query gives moments as timezone-aware datetimes."""
+    assert moment.tzinfo is not None
+    return moment.timestamp()
+
+
 def record_of(client, task_id, keys=None):
     rows = client.db_query({"task_id": task_id}, keys=keys)
     assert len(rows) == 1, rows
@@ -115,7 +122,7 @@ def test_records_of_direct_and_load_balanced_tasks(client, farm, store):
         "summary": repr({"n": 3, "square": 9}),
     }
     assert "error" not in direct and "lb" not in direct
-    assert before <= direct["submitted"] <= direct["started"] <= direct["completed"] <= after
+    assert before <= seconds(direct["submitted"]) <= seconds(direct["started"]) <= seconds(direct["completed"]) <= after
 
     ok = record_of(client, ok_id)
     assert {k: ok[k] for k in ("kind", "status", "engine_id", "client_id", "attempts", "stdout", "stderr",
@@ -125,7 +132,7 @@ def test_records_of_direct_and_load_balanced_tasks(client, farm, store):
         "lb": True,
     }
     assert "error" not in ok
-    assert before <= ok["submitted"] <= ok["started"] <= ok["completed"] <= after
+    assert before <= seconds(ok["submitted"]) <= seconds(ok["started"]) <= seconds(ok["completed"]) <= after
 
     bad = record_of(client, bad_id)
     assert (bad["kind"], bad["status"], bad["engine_id"], bad["attempts"], bad["stdout"]) == (
@@ -135,7 +142,7 @@ def test_records_of_direct_and_load_balanced_tasks(client, farm, store):
     assert bad["error"]["evalue"] == "kaboom"
     assert bad["error"]["traceback"].startswith("Traceback (most recent call last):")
     assert bad["error"]["traceback"].rstrip().endswith("ValueError: kaboom")
-    assert before <= bad["submitted"] <= bad["started"] <= bad["completed"] <= after
+    assert before <= seconds(bad["submitted"]) <= seconds(bad["started"]) <= seconds(bad["completed"]) <= after
 
     # The result itself stays sealed in the record (not in db_query's default fields).
     assert "result" not in ok and "request" not in ok
@@ -161,7 +168,7 @@ def test_started_is_written_when_the_task_starts(client, farm, gates):
         LONG, "the task to start")[0]
     # Then its record already has started, and no completion yet
     assert running["engine_id"] == 0 and running["attempts"] == 1
-    assert running["submitted"] <= running["started"] <= time.time()
+    assert running["submitted"] <= running["started"] <= datetime.now(timezone.utc)
     assert "completed" not in running
     assert client.db_query({"started": {"$exists": True}}, keys=["status"]) == [
         {"task_id": task_id, "status": RUNNING}]

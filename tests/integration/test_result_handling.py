@@ -82,8 +82,9 @@ def test_async_result_attributes_and_items(cluster, client):
     assert ar.get_dict() == {ids[0]: "HI", ids[1]: "HI"}
     assert ar[1] == "HI"
     # Timings: the wall time spans the tasks, the serial time adds their runs up
-    assert ar.wall_time >= max(c - b for b, c in zip(ar.started, ar.completed)) > 0
-    assert ar.serial_time == pytest.approx(sum(c - b for b, c in zip(ar.started, ar.completed)))
+    runs = [(c - b).total_seconds() for b, c in zip(ar.started, ar.completed)]
+    assert ar.wall_time >= max(runs) > 0
+    assert ar.serial_time == pytest.approx(sum(runs))
     assert ar.elapsed >= ar.wall_time
     # A single-engine result gives bare values and its one id
     one = client[ids[0]].apply(shout, "one", block=False)
@@ -154,3 +155,26 @@ def test_abort_on_results_and_on_load_balanced_views(cluster, client, gates):
     with pytest.raises(error.RemoteError):
         also.get(timeout=TIMEOUT_S)
     assert view.outstanding == set()
+
+
+def test_records_and_metadata_give_moments_as_datetimes_and_know_msg_id(cluster, client):
+    from datetime import datetime, timedelta, timezone
+
+    engine = cluster.start_engine()
+    before = datetime.now(timezone.utc)
+    ar = client[engine.engine_id].apply(pow, 2, 6, block=False)
+    assert ar.get(timeout=TIMEOUT_S) == 64
+    task_id = ar.task_ids[0]
+    # Metadata and records: timezone-aware datetimes
+    meta = ar.metadata
+    assert meta["submitted"].tzinfo is not None and before <= meta["submitted"] <= meta["completed"]
+    row = client.db_query({"msg_id": task_id}, keys=["msg_id", "submitted", "completed"])[0]
+    assert row["msg_id"] == row["task_id"] == task_id and row["completed"] == meta["completed"]
+    # Queries take datetimes (and epoch seconds still)
+    assert [r["task_id"] for r in client.db_query({"submitted": {"$gte": before}}, keys=[])] == [task_id]
+    later = before + timedelta(hours=1)
+    assert client.db_query({"submitted": {"$gte": later}}) == []
+    assert [r["task_id"] for r in client.db_query({"submitted": {"$gt": before.timestamp()}}, keys=[])] == [task_id]
+    # The seed's TaskResult keeps seconds
+    lb = client.get_task_result(task_id)
+    assert isinstance(lb.submitted, float) and lb.duration is not None and lb.duration >= 0
