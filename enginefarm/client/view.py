@@ -302,6 +302,17 @@ class DirectView:
         """Abort every task waiting for the targets; the running one finishes."""
         return self._local(targets, block, self.client.clear_engine_queue, "clear_queue")
 
+    def abort(self, jobs: Any = None, targets: Targets = _UNSET, block: bool | None = None) -> Any:
+        """Abort tasks that have not started: ``jobs`` (ids or AsyncResults), or every task
+        this client has outstanding on the targets. True for each task aborted."""
+        if jobs is not None:
+            return self.client.abort(jobs)
+        engine_ids, _ = self._plan(targets)
+        mine = sorted(self.client.outstanding)
+        held = [r.task_id for r in self.client.records.get_many(mine, with_request=False)
+                if r is not None and r.engine_id in engine_ids and not r.done]
+        return self.client.abort(held)
+
     def get_ids(self) -> list[int]:
         return self.client.ids
 

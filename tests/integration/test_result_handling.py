@@ -178,3 +178,20 @@ def test_records_and_metadata_give_moments_as_datetimes_and_know_msg_id(cluster,
     # The seed's TaskResult keeps seconds
     lb = client.get_task_result(task_id)
     assert isinstance(lb.submitted, float) and lb.duration is not None and lb.duration >= 0
+
+
+def test_abort_on_a_direct_view_takes_what_waits_on_its_engines(cluster, client, gates):
+    engines = cluster.start_engines(2)
+    gate = gates()
+    first, second = (client[d.engine_id] for d in engines)
+    held = first.apply(ft.gate, gate, block=False)
+    wait_for(lambda: client.records.get(held.task_ids[0]).status == "running", TIMEOUT_S, "the gate task to run")
+    queued_first = first.apply(pow, 2, 2, block=False)
+    elsewhere = second.apply(pow, 3, 3, block=False)
+    assert elsewhere.get(timeout=TIMEOUT_S) == 27
+    # Only what waits on the view's engine is aborted; what runs there goes on
+    assert sorted(first.abort()) == [False, True]
+    ft.Gates.open(gate)
+    assert held.get(timeout=TIMEOUT_S) == "released"
+    with pytest.raises(error.TaskAborted):
+        queued_first.get(timeout=TIMEOUT_S)
