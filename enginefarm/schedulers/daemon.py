@@ -36,6 +36,7 @@ from ..store.records import PENDING, TERMINAL, error_fields
 from ..task import TaskHeader, open_task
 from .dependencies import DepState, Verdict
 from .policy import EngineLoad, PendingTask, plan, scheme_named
+from .stored import StoredRequests
 from .waiting import DependencyBook
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class Scheduler:
         stores = Stores.open(s)
         self.ring, self.registry, self.records, self.history = stores.ring, stores.registry, stores.records, stores.history
         self.incidents.counts = self.records
+        self.stored = StoredRequests(self.ring, self.records, self.incidents)
         self.registry.on_invalid = lambda kind, message: self.incidents.note(kind, "%s", message)
         self.lease = Lease(stores.redis, self.names.scheduler_leader, self.identity, ttl_s=max(3.0, s.engine_timeout_s / 2))
         self.publisher = Publisher(s.amqp_url, s.amqp_heartbeat_s, f"enginefarm-scheduler-{s.cluster}-pub")
@@ -135,10 +137,10 @@ class Scheduler:
         self.live = self.registry.live_ids()
         for engine_id in self.live:
             for record in self.records.get_many(sorted(self.registry.pending(engine_id))):
-                if record is None or record.done or record.invalid or self._header(record) is None:
+                if record is None or record.done or record.invalid or self.stored.header(record) is None:
                     continue
                 self._track(record.task_id, engine_id)
-                if record.status == PENDING and self._dispatchable(record, strict=False):
+                if record.status == PENDING and self.stored.dispatchable(record, strict=False):
                     # The last scheduler may have died between routing and publishing;
                     # a second copy is refused by the engine's claim.
                     self.publisher.publish(self.names.direct_exchange,
@@ -161,40 +163,6 @@ class Scheduler:
         if engine_id is not None:
             self.assigned.get(engine_id, set()).discard(task_id)
 
-    def _header(self, record: TaskRecord) -> TaskHeader | None:
-        """The signed header of a load-balanced record's request; None (noted, and the record
-        failed when its request itself is bad) for anything a scheduler must not dispatch."""
-        try:
-            header = open_task(self.ring, record.request or b"").header
-            if header.task_id != record.task_id:
-                raise SignatureError("context", f"request of task {header.task_id} stored in record {record.task_id}")
-        except (SignatureError, DecodeError) as exc:
-            self.incidents.note("invalid-request", "task %s has a request that fails verification (%s); failing it",
-                                record.task_id, exc)
-            self.records.fail(record.task_id, error_fields(type(exc).__name__, str(exc)))
-            return None
-        if not header.lb:
-            # Everything that decides what runs comes from the signed request, never from the
-            # record: a targeted command is never the scheduler's to dispatch.
-            self.incidents.note("not-load-balanced", "task %s is a targeted %s; the scheduler leaves it alone",
-                                record.task_id, header.kind)
-            return None
-        return header
-
-    def _dispatchable(self, record: TaskRecord, strict: bool) -> bool:
-        """Whether a request read back from Redis may be dispatched: it needs a fresh ticket
-        (see ``Records.ticket``). Without one, ``strict`` fails the record (a backlog entry
-        nobody can dispatch any more), else it is left alone (it may be legitimately waiting
-        elsewhere, e.g. in the shared queue)."""
-        problem = self.records.ticket_problem(record)
-        if not problem:
-            return True
-        self.incidents.note("no-ticket", "task %s is not dispatched again: %s", record.task_id, problem)
-        if strict:
-            self.records.fail(record.task_id, error_fields(
-                "DispatchRefused", f"the scheduler cannot dispatch it again: {problem}; resubmit it"), allowed=(PENDING,))
-        return False
-
     def _remember(self, record: TaskRecord, strict: bool = False) -> None:
         """Add a pending record to the backlog in memory."""
         if record.status != PENDING:
@@ -205,8 +173,8 @@ class Scheduler:
             self.records.fail(record.task_id, error_fields("DecodeError", f"its record does not decode: {record.invalid}"),
                               allowed=(PENDING,))
             return
-        header = self._header(record)
-        if header is None or not self._dispatchable(record, strict):
+        header = self.stored.header(record)
+        if header is None or not self.stored.dispatchable(record, strict):
             return
         self.bodies[record.task_id] = record.request or b""
         self._hold(PendingTask(
