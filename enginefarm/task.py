@@ -29,7 +29,21 @@ PRIORITY_LIMIT = 2**31
 MAX_TIMEOUT_S = 10.0**8
 
 
-class Status(str, Enum):
+class _Word(str, Enum):
+    """An enum whose members are their plain strings: equal, hashed, printed and stored alike
+    (``'pending' in TERMINAL``, f-strings, Redis arguments)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return str(self.value).__format__(spec)
+
+    def __hash__(self) -> int:
+        return hash(self.value)
+
+
+class Status(_Word):
     """Where a task is in its life; a terminal status never changes again."""
 
     PENDING = "pending"
@@ -37,16 +51,6 @@ class Status(str, Enum):
     COMPLETED = "completed"
     FAILED = "failed"
     ABORTED = "aborted"
-
-    def __str__(self) -> str:
-        return self.value
-
-    def __format__(self, spec: str) -> str:
-        return self.value.__format__(spec)
-
-    def __hash__(self) -> int:
-        # Equal to its plain string, so it must hash like it ('pending' in TERMINAL).
-        return hash(self.value)
 
     @property
     def terminal(self) -> bool:
@@ -57,7 +61,7 @@ TERMINAL = frozenset({Status.COMPLETED, Status.FAILED, Status.ABORTED})
 STATUSES = tuple(Status)
 
 
-class Kind(str, Enum):
+class Kind(_Word):
     """What a task asks an engine to do: a load-balanced task type or a MultiEngine command."""
 
     MAP_TASK = "map_task"
@@ -74,16 +78,6 @@ class Kind(str, Enum):
     KILL = "kill"
     PUSH_SERIALIZED = "push_serialized"
     PULL_SERIALIZED = "pull_serialized"
-
-    def __str__(self) -> str:
-        return self.value
-
-    def __format__(self, spec: str) -> str:
-        return self.value.__format__(spec)
-
-    def __hash__(self) -> int:
-        # Equal to its plain string, so it must hash like it ('pending' in TERMINAL).
-        return hash(self.value)
 
 
 def is_id(value: object) -> bool:

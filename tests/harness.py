@@ -184,3 +184,24 @@ def queue_exists(settings: Settings, queue: str) -> bool:
     finally:
         if conn.is_open:
             conn.close()
+
+
+class Amqp:
+    """A plain pika connection, as an attacker with broker access would have."""
+
+    def __init__(self, url: str) -> None:
+        self.connection = pika.BlockingConnection(pika.URLParameters(url))
+        self.channel = self.connection.channel()
+        self.channel.confirm_delivery()
+
+    def publish(self, exchange: str, routing_key: str, body: bytes) -> None:
+        self.channel.basic_publish(exchange, routing_key, body, pika.BasicProperties(delivery_mode=2),
+                                   mandatory=True)
+
+    def get(self, queue: str):
+        method, props, body = self.channel.basic_get(queue, auto_ack=True)
+        return None if method is None else (props, body)
+
+    def close(self) -> None:
+        if self.connection.is_open:
+            self.connection.close()

@@ -8,7 +8,6 @@ the query and the requested keys need.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any

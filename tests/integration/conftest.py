@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from ..harness import Amqp
 
 
 @pytest.fixture
@@ -20,3 +23,13 @@ def gates(cluster, tmp_path):
     yield new
     for path in made:
         path.touch()
+
+
+@pytest.fixture
+def amqp(settings) -> Iterator[Amqp]:
+    """A plain pika connection, as someone with publish access to the broker has."""
+    handle = Amqp(settings.amqp_url)
+    try:
+        yield handle
+    finally:
+        handle.close()

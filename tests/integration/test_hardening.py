@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -23,7 +22,6 @@ from enginefarm.store.records import NewTask
 
 from . import farm_tasks as ft
 from ..harness import Cluster, wait_for
-from .test_security import Amqp
 
 TIMEOUT_S = 60
 # Short, so that expiring and renewing dispatch tickets happens within a test.
@@ -34,14 +32,6 @@ WINDOW_S = 4.0
 def settings(settings):
     return settings.replace(redispatch_window_s=WINDOW_S)
 
-
-@pytest.fixture
-def amqp(settings) -> Iterator[Amqp]:
-    handle = Amqp(settings.amqp_url)
-    try:
-        yield handle
-    finally:
-        handle.close()
 
 
 def errors_counted(client: Client, component: str, kind: str) -> int:

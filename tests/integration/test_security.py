@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 
-import pika
 import pytest
 
 from enginefarm import AsyncResult, Client, SignatureError, serialization
@@ -41,34 +39,7 @@ def canary_function(path: str):
     return leave_canary
 
 
-class Amqp:
-    """A plain pika connection, as an attacker with broker access would have."""
 
-    def __init__(self, url: str) -> None:
-        self.connection = pika.BlockingConnection(pika.URLParameters(url))
-        self.channel = self.connection.channel()
-        self.channel.confirm_delivery()
-
-    def publish(self, exchange: str, routing_key: str, body: bytes) -> None:
-        self.channel.basic_publish(exchange, routing_key, body, pika.BasicProperties(delivery_mode=2),
-                                   mandatory=True)
-
-    def get(self, queue: str):
-        method, props, body = self.channel.basic_get(queue, auto_ack=True)
-        return None if method is None else (props, body)
-
-    def close(self) -> None:
-        if self.connection.is_open:
-            self.connection.close()
-
-
-@pytest.fixture
-def amqp(settings) -> Iterator[Amqp]:
-    handle = Amqp(settings.amqp_url)
-    try:
-        yield handle
-    finally:
-        handle.close()
 
 
 @pytest.fixture
