@@ -7,7 +7,7 @@ must hold). ``{"submitted": {"$gt": t}}`` matches records submitted *after* t.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from ..task import ALIASES
@@ -24,8 +24,8 @@ class QueryError(ValueError):
 
 
 def validate(query: Any) -> dict[str, Any]:
-    """The query, checked; datetimes become seconds since the epoch (how records keep
-    moments) and ipyparallel's field names (``msg_id``) ours.
+    """The query, checked, with datetimes made timezone-aware (they compare with the
+    records' moments) and ipyparallel's field names (``msg_id``) made ours.
 
     Raises:
         QueryError: not a mapping of field -> value or {operator: value}.
@@ -33,7 +33,7 @@ def validate(query: Any) -> dict[str, Any]:
     if not isinstance(query, Mapping):
         raise QueryError(f"a query is a dict of field -> condition, not {type(query).__name__}")
     _check_depth(query)
-    query = {ALIASES.get(k, k) if isinstance(k, str) else k: _seconds(v) for k, v in query.items()}
+    query = {ALIASES.get(k, k) if isinstance(k, str) else k: _aware(v) for k, v in query.items()}
     for field, condition in query.items():
         if not isinstance(field, str) or field.startswith("$"):
             raise QueryError(f"bad field name {field!r} (top-level operators are not supported)")
@@ -46,15 +46,35 @@ def validate(query: Any) -> dict[str, Any]:
     return dict(query)
 
 
-def _seconds(value: Any) -> Any:
-    """Datetimes in a condition (also inside operators and lists) as epoch seconds."""
+def _aware(value: Any) -> Any:
+    """Datetimes in a condition (also inside operators and lists) made timezone-aware: a naive
+    one is local time, as ``datetime.timestamp`` takes it."""
     if isinstance(value, datetime):
-        return value.timestamp()
+        return value if value.tzinfo is not None else value.astimezone()
     if isinstance(value, Mapping):
-        return {k: _seconds(v) for k, v in value.items()}
+        return {k: _aware(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, set)):
-        return type(value)(_seconds(v) for v in value)
+        return type(value)(_aware(v) for v in value)
     return value
+
+
+def _moment(value: Any, condition: Any) -> Any:
+    """A record's moment (epoch seconds) as the datetime the Python API gives out, when the
+    condition speaks in datetimes: they compare at the resolution the caller saw (a moment
+    read back from db_query matches its own record)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not _has_datetime(condition):
+        return value
+    return datetime.fromtimestamp(value, tz=timezone.utc)
+
+
+def _has_datetime(condition: Any) -> bool:
+    if isinstance(condition, datetime):
+        return True
+    if isinstance(condition, Mapping):
+        return any(_has_datetime(v) for v in condition.values())
+    if isinstance(condition, (list, tuple, set)):
+        return any(isinstance(v, datetime) for v in condition)
+    return False
 
 
 def _check_depth(query: Mapping[str, Any]) -> None:
@@ -99,7 +119,7 @@ def _compare(value: Any, op: str, arg: Any) -> bool:
 
 def field_matches(record: Mapping[str, Any], field: str, condition: Any) -> bool:
     present = field in record and record[field] is not None
-    value = record.get(field)
+    value = _moment(record.get(field), condition)
     if not _is_operator_dict(condition):
         return present and value == condition
     for op, arg in condition.items():
@@ -138,6 +158,13 @@ def time_range(condition: Any) -> tuple[float, float] | None:
     low, high = float("-inf"), float("inf")
     used = False
     for op, arg in condition.items():
+        if isinstance(arg, datetime):
+            # Widened by a microsecond, the resolution of a datetime: the exact test follows.
+            if op in ("$gt", "$gte"):
+                low, used = max(low, arg.timestamp() - 1e-6), True
+            elif op in ("$lt", "$lte"):
+                high, used = min(high, arg.timestamp() + 1e-6), True
+            continue
         if not isinstance(arg, (int, float)):
             return None
         if op in ("$gt", "$gte"):

@@ -175,6 +175,15 @@ def test_records_and_metadata_give_moments_as_datetimes_and_know_msg_id(cluster,
     later = before + timedelta(hours=1)
     assert client.db_query({"submitted": {"$gte": later}}) == []
     assert [r["task_id"] for r in client.db_query({"submitted": {"$gt": before.timestamp()}}, keys=[])] == [task_id]
+    # A moment read back from db_query matches its own record, at a datetime's resolution
+    for _ in range(20):
+        done = client[engine.engine_id].apply(pow, 2, 1, block=False)
+        done.get(timeout=TIMEOUT_S)
+        mine = client.db_query({"task_id": done.task_ids[0]}, keys=["completed"])[0]["completed"]
+        for condition in ({"$gte": mine}, {"$lte": mine}, mine):
+            rows = client.db_query({"task_id": done.task_ids[0], "completed": condition}, keys=[])
+            assert [r["task_id"] for r in rows] == done.task_ids, condition
+        assert client.db_query({"task_id": done.task_ids[0], "completed": {"$gt": mine}}) == []
     # The seed's TaskResult keeps seconds
     lb = client.get_task_result(task_id)
     assert isinstance(lb.submitted, float) and lb.duration is not None and lb.duration >= 0
