@@ -167,7 +167,7 @@ class AsyncResult:
 
     def abort(self) -> Any:
         """Abort the tasks that have not started; True for each that was aborted."""
-        done = self._client.abort(self.task_ids)
+        done = cast("list[bool]", self._client.abort(self.task_ids))  # a list of ids gives a list
         return done[0] if self._single else done
 
     @property
