@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 from .client import Client
 from .errors import TaskError
@@ -80,7 +80,7 @@ def purge(client: Client, task_ids: list[str], everything: bool, engine_id: int 
 
 
 def abort(client: Client, task_ids: list[str]) -> dict[str, bool]:
-    return dict(zip(task_ids, client.abort(task_ids)))
+    return dict(zip(task_ids, cast("list[bool]", client.abort(task_ids))))  # a list of ids gives a list
 
 
 def resubmit(client: Client, task_ids: list[str]) -> dict[str, str]:

@@ -5,22 +5,30 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
 
 from .config import Settings, default_key_file
 from .errors import EnginefarmError
 
+if TYPE_CHECKING:
+    from .client import Client
+
+F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
 
 
-def cluster_option(fn: Any) -> Any:
+def cluster_option(fn: F) -> F:
     return click.option("--cluster", envvar="ENGINEFARM_CLUSTER", default=None,
                         help="Cluster name (prefixes every queue and key).")(fn)
 
 
-def metrics_options(fn: Any) -> Any:
+def metrics_options(fn: F) -> F:
     fn = click.option("--metrics-addr", default=None, metavar="ADDRESS",
                       help="Address the metrics listen on (default 127.0.0.1; 0.0.0.0 for every interface).")(fn)
     return click.option("--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port.")(fn)
@@ -44,7 +52,7 @@ class Fail(click.ClickException):
     """One clear line on stderr and exit code 1."""
 
 
-def run_guarded(fn: Any, *args: Any, **kwargs: Any) -> Any:
+def run_guarded(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     from .store.query import QueryError
 
     try:
@@ -150,7 +158,7 @@ def demo(cluster: str | None, count: int) -> None:
 
 
 # --- admin commands ----------------------------------------------------------------------
-def admin_client(cluster: str | None) -> Any:
+def admin_client(cluster: str | None) -> Client:
     """A client that gives up quickly on an unreachable server (one clear line, exit 1)."""
     from .client import Client
 
@@ -158,11 +166,11 @@ def admin_client(cluster: str | None) -> Any:
     return Client(settings=settings.replace(reconnect_window_s=min(settings.reconnect_window_s, 3.0)))
 
 
-def json_option(fn: Any) -> Any:
+def json_option(fn: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(fn)
 
 
-def emit(data: Any, as_json: bool, render: Any) -> None:
+def emit(data: Any, as_json: bool, render: Callable[[Any], str]) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
     else:
@@ -189,7 +197,7 @@ def _cell(value: Any) -> str:
     return str(value).replace("\n", " ")[:60]
 
 
-def parse_targets(values: tuple[str, ...]) -> Any:
+def parse_targets(values: tuple[str, ...]) -> str | list[int]:
     if not values or values == ("all",):
         return "all"
     try:

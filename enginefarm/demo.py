@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import random
 import time
-from typing import cast
 
 from .client import Client
-from .client.tasks import MapTask, StringTask, TaskResult
+from .client.tasks import MapTask, StringTask
 from .config import Settings
 from .local import LocalCluster
 
@@ -40,11 +39,9 @@ def run_demo(settings: Settings, engines: int = 2) -> None:
             squares = lview.map(pow, range(10), [2] * 10)
             print("load-balanced map:    ", squares)
             task_id = client.submit(StringTask("b = a * 2", push={"a": 21}, pull=["b"]))
-            # With block=True get_task_result returns the result or raises, never None.
-            print("StringTask b = a * 2: ",
-                  cast(TaskResult, client.get_task_result(task_id, block=True, timeout=60)).ns)
+            print("StringTask b = a * 2: ", client.get_task_result(task_id, block=True, timeout=60).ns)
             task_id = client.submit(MapTask(estimate_pi, (100_000, 99), retries=1))
-            result = cast(TaskResult, client.get_task_result(task_id, block=True, timeout=120))
+            result = client.get_task_result(task_id, block=True, timeout=120)
             print(f"MapTask on engine {result.engineid}: pi ~ {result.result:.4f} in {result.duration:.3f}s")
             t0 = time.perf_counter()
             for _ in range(50):

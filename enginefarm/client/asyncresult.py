@@ -167,7 +167,7 @@ class AsyncResult:
 
     def abort(self) -> Any:
         """Abort the tasks that have not started; True for each that was aborted."""
-        done = self._client.abort(self.task_ids)
+        done = cast("list[bool]", self._client.abort(self.task_ids))  # a list of ids gives a list
         return done[0] if self._single else done
 
     @property
@@ -195,8 +195,10 @@ class AsyncResult:
     @property
     def serial_time(self) -> float:
         """Seconds the tasks ran, added up: what they would take one after the other."""
-        return sum((m["completed"] - m["started"]).total_seconds() for m in self._client.metadata_for_many(self.task_ids)
-                   if m["completed"] is not None and m["started"] is not None)
+        # Metadata's items are Any; its completed and started are datetimes.
+        return cast(float, sum((m["completed"] - m["started"]).total_seconds()
+                               for m in self._client.metadata_for_many(self.task_ids)
+                               if m["completed"] is not None and m["started"] is not None))
 
     def get_dict(self, timeout: float | None = None) -> dict[int, Any]:
         """The results keyed by the engine that produced each.

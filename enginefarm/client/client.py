@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, cast
 
 from ..broker import Publisher
 from ..broker.publisher import Outgoing
@@ -24,7 +24,7 @@ from ..store import Stores, TaskRecord
 from ..store.records import ABORTED, COMPLETED, PENDING, NewTask, error_fields
 from .asyncresult import Metadata, MetadataStore
 from .farming import TaskFarming
-from .hub import HubMethods
+from .hub import HubMethods, Jobs
 from .targets import ViewKey, view_targets, wait_for_count
 from .view import DirectView
 
@@ -285,8 +285,10 @@ class Client(TaskFarming, HubMethods):
         self.outstanding.update(t.task_id for t in tasks)
         try:
             self.publisher.send([
-                Outgoing(self.names.direct_exchange, self.names.engine_routing_key(task.engine_id), body,
-                         on_return=lambda task=task: self._engine_gone(task))
+                # Each task was made for one of the engine ids, an int; mypy infers no type for a
+                # lambda with a default argument, so the callback's is spelled out.
+                Outgoing(self.names.direct_exchange, self.names.engine_routing_key(cast(int, task.engine_id)), body,
+                         on_return=cast("Callable[[], None]", lambda task=task: self._engine_gone(task)))
                 for task, body in zip(tasks, bodies)
             ], confirm=confirm)
         finally:
@@ -300,7 +302,7 @@ class Client(TaskFarming, HubMethods):
         self.records.fail(task.task_id, error, allowed=(PENDING,))
 
     # --- results --------------------------------------------------------------------
-    def wait(self, jobs: Any = None, timeout: float = -1, any_of: bool = False) -> bool:
+    def wait(self, jobs: Jobs = None, timeout: float = -1, any_of: bool = False) -> bool:
         """Wait until the given task ids (default: all outstanding) have finished.
 
         Returns:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 from ..broker.publisher import Outgoing
 from ..errors import RemoteError, TaskError
@@ -16,6 +16,8 @@ from .tasks import BaseTask, TaskResult
 
 if TYPE_CHECKING:
     from .client import Client
+    from .lbview import LoadBalancedView
+    from .parts import ClientParts
 
 # A large submission goes out in runs of 64, 128, ... tasks: the first reaches an engine at
 # once, and the later ones are big enough that a run's Redis write and publish cost little.
@@ -25,7 +27,7 @@ FIRST_RUN, MAX_RUN = 64, 1024
 class TaskFarming:
     """Mixed into Client: load-balanced submission through the scheduler."""
 
-    def submit(self: Client, task: BaseTask) -> str:
+    def submit(self: ClientParts, task: BaseTask) -> str:
         """Queue ``task`` for whichever engine the scheduler picks; returns its task id.
 
         Raises:
@@ -35,13 +37,13 @@ class TaskFarming:
 
     run = submit
 
-    def submit_many(self: Client, tasks: Sequence[BaseTask]) -> list[str]:
+    def submit_many(self: ClientParts, tasks: Sequence[BaseTask]) -> list[str]:
         """Queue several tasks at once (one Redis transaction for their records). Returns
         once the broker has confirmed every message: they survive this client and a broker
         restart."""
         return self._submit_tasks(tasks, confirm=True)
 
-    def _submit_tasks(self: Client, tasks: Sequence[BaseTask], confirm: bool) -> list[str]:
+    def _submit_tasks(self: ClientParts, tasks: Sequence[BaseTask], confirm: bool) -> list[str]:
         """``confirm=False`` returns as soon as the broker has the messages, for a caller that
         waits for the results next: the confirms are taken while it waits, and a message the
         broker did not confirm is sent again."""
@@ -53,7 +55,7 @@ class TaskFarming:
             prepared.append((task.kind, {"lb": True, **task.header()}, dumps(task.request(), task.describe())))
         return self._submit_sealed(prepared, confirm)
 
-    def _submit_sealed(self: Client, prepared: list[tuple[str, dict[str, Any], bytes]],
+    def _submit_sealed(self: ClientParts, prepared: list[tuple[str, dict[str, Any], bytes]],
                        confirm: bool = True) -> list[str]:
         """Record and publish (kind, header, pickled request) triples.
 
@@ -83,7 +85,7 @@ class TaskFarming:
             self.records.created()
         return ids
 
-    def _seal_run(self: Client, prepared: list[tuple[str, dict[str, Any], bytes]],
+    def _seal_run(self: ClientParts, prepared: list[tuple[str, dict[str, Any], bytes]],
                   scheme: str | None) -> tuple[list[NewTask], list[Outgoing]]:
         new, messages = [], []
         for kind, header, payload in prepared:
@@ -101,7 +103,7 @@ class TaskFarming:
             new.append(NewTask(task_id, kind, self.client_id, body, None, extra))
         return new, messages
 
-    def _scheme(self: Client, max_age_s: float = 2.0) -> str | None:
+    def _scheme(self: ClientParts, max_age_s: float = 2.0) -> str | None:
         """The active scheduler's scheme, read at most every ``max_age_s``."""
         now = time.monotonic()
         cached = self.__dict__.get("_scheme_cache")
@@ -110,7 +112,15 @@ class TaskFarming:
             self.__dict__["_scheme_cache"] = cached
         return cached[1]
 
-    def get_task_result(self: Client, task_id: str, block: bool = False,
+    @overload
+    def get_task_result(self: ClientParts, task_id: str, block: Literal[True],
+                        timeout: float | None = None) -> TaskResult: ...
+
+    @overload
+    def get_task_result(self: ClientParts, task_id: str, block: bool = False,
+                        timeout: float | None = None) -> TaskResult | None: ...
+
+    def get_task_result(self: ClientParts, task_id: str, block: bool = False,
                         timeout: float | None = None) -> TaskResult | None:
         """The TaskResult of a task; None if it has not finished and ``block`` is false.
 
@@ -137,7 +147,7 @@ class TaskFarming:
             raise value
         return TaskResult(task_id, meta["engine_id"], kind, None if failure else value, failure, meta)
 
-    def abort(self: Client, task_ids: str | Iterable[str]) -> Any:
+    def abort(self: ClientParts, task_ids: str | Iterable[str]) -> bool | list[bool]:
         """Stop tasks that have not started: they never run, and their result says so.
 
         Returns:
@@ -156,7 +166,7 @@ class TaskFarming:
             done.append(self.records.fail(task_id, error, allowed=(PENDING,), status=ABORTED))
         return done[0] if single else done
 
-    def barrier(self: Client, task_ids: Iterable[str], timeout: float | None = None) -> None:
+    def barrier(self: ClientParts, task_ids: Iterable[str], timeout: float | None = None) -> None:
         """Block until every task in ``task_ids`` has finished (failures included).
 
         Raises:
@@ -168,7 +178,7 @@ class TaskFarming:
         if not self.wait(ids, -1 if timeout is None else timeout):
             raise TimeoutError(f"{len(ids)} tasks did not all finish within {timeout}s")
 
-    def load_balanced_view(self: Client, targets: Any = None) -> Any:
+    def load_balanced_view(self: ClientParts, targets: Any = None) -> LoadBalancedView:
         """A view that lets the scheduler pick the engine for each call, among ``targets``
         (engine ids; None or 'all': any engine).
 
@@ -177,6 +187,7 @@ class TaskFarming:
         """
         from .lbview import LoadBalancedView
 
+        client = cast("Client", self)  # mixed into Client only: self is the Client
         if targets is None or targets == "all":
-            return LoadBalancedView(self)
-        return LoadBalancedView(self, targets=self.resolve_targets(targets))
+            return LoadBalancedView(client)
+        return LoadBalancedView(client, targets=self.resolve_targets(targets))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import InvalidEngineID, SignatureError, TaskError
 from ..task import TERMINAL, open_task, with_datetimes
@@ -11,6 +11,7 @@ from .asyncresult import AsyncResult
 
 if TYPE_CHECKING:
     from .client import Client
+    from .parts import ClientParts
 
 Jobs = str | int | AsyncResult | Iterable[str | int | AsyncResult] | None
 
@@ -18,7 +19,7 @@ Jobs = str | int | AsyncResult | Iterable[str | int | AsyncResult] | None
 class HubMethods:
     """Mixed into Client."""
 
-    def task_ids_of(self: Client, jobs: Jobs) -> list[str]:
+    def task_ids_of(self: ClientParts, jobs: Jobs) -> list[str]:
         """Task ids from ids, history indices, AsyncResults, or lists of them."""
         if jobs is None:
             return []
@@ -40,13 +41,13 @@ class HubMethods:
                 raise TypeError(f"a job is a task id, a history index or an AsyncResult, not {item!r}")
         return ids
 
-    def _known(self: Client, task_ids: list[str]) -> None:
+    def _known(self: ClientParts, task_ids: list[str]) -> None:
         self._connect()
         missing = [t for t, r in zip(task_ids, self.history_store.fetch(task_ids, [])) if r is None]
         if missing:
             raise TaskError(f"no task {missing[0]!r} in cluster {self.settings.cluster!r}")
 
-    def get_result(self: Client, indices_or_task_ids: Jobs = None, block: bool | None = None,
+    def get_result(self: ClientParts, indices_or_task_ids: Jobs = None, block: bool | None = None,
                    owner: bool = False) -> AsyncResult:
         """An AsyncResult for tasks by id or history index, whoever submitted them.
 
@@ -60,12 +61,13 @@ class HubMethods:
         ids = self.task_ids_of(jobs)
         self._known(ids)
         single = isinstance(jobs, (str, int))
-        result = AsyncResult(self, ids, single=single, kind="result", owner=owner)
+        # Mixed into Client only: self is the Client.
+        result = AsyncResult(cast("Client", self), ids, single=single, kind="result", owner=owner)
         if self.block if block is None else block:
             result.wait()
         return result
 
-    def result_status(self: Client, task_ids: Jobs, status_only: bool = True) -> dict[str, Any]:
+    def result_status(self: ClientParts, task_ids: Jobs, status_only: bool = True) -> dict[str, Any]:
         """Which tasks are pending and which completed; with ``status_only=False`` also the
         results of the completed ones, keyed by task id."""
         ids = self.task_ids_of(task_ids)
@@ -78,12 +80,12 @@ class HubMethods:
             content.update({t: self.results[t] for t in done})
         return content
 
-    def hub_history(self: Client) -> list[str]:
+    def hub_history(self: ClientParts) -> list[str]:
         """Every task id in the cluster's history, in submission order, across clients."""
         self._connect()
         return self.history_store.task_ids()
 
-    def db_query(self: Client, query: dict[str, Any], keys: list[str] | None = None) -> list[dict[str, Any]]:
+    def db_query(self: ClientParts, query: dict[str, Any], keys: list[str] | None = None) -> list[dict[str, Any]]:
         """Task records matching a Mongo-style query (see ``enginefarm.store.query``), with
         moments as timezone-aware datetimes; a query may compare them with datetimes (or
         epoch seconds), and name ``task_id`` as ``msg_id``.
@@ -93,14 +95,14 @@ class HubMethods:
         """
         return [with_datetimes(row) for row in self.db_query_limited(query, None, keys)]
 
-    def db_query_limited(self: Client, query: dict[str, Any], limit: int | None,
+    def db_query_limited(self: ClientParts, query: dict[str, Any], limit: int | None,
                          keys: list[str] | None = None) -> list[dict[str, Any]]:
         """At most ``limit`` records (the oldest matching), moments in epoch seconds (what
         the CLI prints and writes as JSON)."""
         self._connect()
         return self.history_store.query(query, keys, limit)
 
-    def purge_local_results(self: Client, jobs: Jobs | str = (), targets: Any = ()) -> int:
+    def purge_local_results(self: ClientParts, jobs: Jobs | str = (), targets: Any = ()) -> int:
         """Forget results this client holds (the records stay in the hub): by id, by the
         engine that ran them (``targets``), or every finished one with 'all'. Returns how many.
 
@@ -124,7 +126,7 @@ class HubMethods:
             self._metadata.pop(task_id, None)
         return gone
 
-    def purge_hub_results(self: Client, jobs: Jobs | str = (), targets: Any = ()) -> int:
+    def purge_hub_results(self: ClientParts, jobs: Jobs | str = (), targets: Any = ()) -> int:
         """Remove finished records from the hub (this client's copies stay): by id, by engine
         (``targets``), or every one with 'all'. Returns how many records were removed.
 
@@ -133,14 +135,14 @@ class HubMethods:
         """
         return self._purge(jobs, targets, local=False)
 
-    def purge_everything(self: Client) -> int:
+    def purge_everything(self: ClientParts) -> int:
         """Remove every finished record and result, here and in the hub, and this client's
         history (ipyparallel's purge_everything)."""
         removed = self.purge_results("all")
         self.history.clear()
         return removed
 
-    def purge_results(self: Client, jobs: Jobs | str = (), targets: Any = ()) -> int:
+    def purge_results(self: ClientParts, jobs: Jobs | str = (), targets: Any = ()) -> int:
         """Forget finished tasks, here and in the hub: by id, by engine (``targets``), or
         everything with 'all'.
 
@@ -150,7 +152,7 @@ class HubMethods:
         """
         return self._purge(jobs, targets, local=True)
 
-    def _purge(self: Client, jobs: Jobs | str, targets: Any, local: bool) -> int:
+    def _purge(self: ClientParts, jobs: Jobs | str, targets: Any, local: bool) -> int:
         self._connect()
         if jobs == "all":
             removed = self.history_store.purge_all()
@@ -175,7 +177,7 @@ class HubMethods:
                 self._metadata.pop(task_id, None)
         return removed
 
-    def resubmit(self: Client, indices_or_task_ids: Jobs, block: bool | None = None) -> Any:
+    def resubmit(self: ClientParts, indices_or_task_ids: Jobs, block: bool | None = None) -> Any:
         """Run tasks again, as new tasks with the same request (a task still in flight goes
         on; the new one is another task with its own record, as in ipyparallel).
 
@@ -212,10 +214,11 @@ class HubMethods:
             else:
                 assert signed.engine_id is not None  # a targeted header always names its engine
                 new_ids += self._send_sealed(signed.kind.value, payload, [signed.engine_id], header)
-        result = AsyncResult(self, new_ids, single=isinstance(jobs, (str, int)), kind="resubmit")
+        # Mixed into Client only: self is the Client.
+        result = AsyncResult(cast("Client", self), new_ids, single=isinstance(jobs, (str, int)), kind="resubmit")
         return result.get() if (self.block if block is None else block) else result
 
-    def queue_status(self: Client, targets: Any = None, verbose: bool = False) -> dict[Any, Any]:
+    def queue_status(self: ClientParts, targets: Any = None, verbose: bool = False) -> dict[Any, Any]:
         """Per engine: tasks waiting for it, running, and finished by status; 'unassigned'
         (pending and held by no engine yet); and totals by status. ``verbose`` lists task ids."""
         self._connect()
@@ -232,7 +235,7 @@ class HubMethods:
         status.update(self.records.status_counts())
         return status
 
-    def clear(self: Client, targets: Any = None, block: bool | None = None) -> Any:
+    def clear(self: ClientParts, targets: Any = None, block: bool | None = None) -> Any:
         """With ``targets``: reset those engines' namespaces (seed 004). Without: forget the
         results of finished tasks this client holds, freeing their memory (seed 003); the
         records stay in the history (see ``purge_results``)."""
@@ -244,7 +247,7 @@ class HubMethods:
             self._metadata.pop(task_id, None)
         return len(finished)
 
-    def shutdown(self: Client, targets: Any = "all", hub: bool = False, block: bool | None = None) -> None:
+    def shutdown(self: ClientParts, targets: Any = "all", hub: bool = False, block: bool | None = None) -> None:
         """Stop engines (after what is queued before this call), and with ``hub`` the schedulers."""
         self._connect()
         if targets is not None and (targets != "all" or self.ids):

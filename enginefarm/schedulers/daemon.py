@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..broker import BrokerConnection, Consumer, Delivery, Publisher
 from ..broker.topology import declare_cluster
@@ -38,6 +38,9 @@ from .dependencies import DepState, Verdict
 from .policy import EngineLoad, PendingTask, plan, scheme_named
 from .stored import StoredRequests
 from .waiting import DependencyBook
+
+if TYPE_CHECKING:
+    from pika.adapters.blocking_connection import BlockingChannel
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +89,7 @@ class Scheduler:
             heartbeat_s=s.amqp_heartbeat_s, name=f"enginefarm-scheduler-{s.cluster}",
         )
 
-    def _declare(self, channel: Any) -> list[str]:
+    def _declare(self, channel: BlockingChannel) -> list[str]:
         declare_cluster(channel, self.names)
         return [self.names.tasks_queue]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -89,7 +89,7 @@ class History:
     def task_ids(self) -> list[str]:
         """Every task id in submission order, across clients (the hub history)."""
         with translate_errors():
-            return [t.decode() for t in self.redis.zrange(self.names.history, 0, -1)]
+            return [t.decode() for t in cast("list[bytes]", self.redis.zrange(self.names.history, 0, -1))]
 
     def size(self) -> int:
         with translate_errors():
@@ -124,15 +124,15 @@ class History:
             statuses = equal_values(query["status"]) if "status" in query else None
             if statuses is not None:
                 keys = [self.names.status_index(s) for s in statuses if s in STATUSES]
-                sets.append({t.decode() for t in self.redis.sunion(keys)} if keys else set())
+                sets.append({t.decode() for t in cast("set[bytes]", self.redis.sunion(keys))} if keys else set())
             engines = equal_values(query["engine_id"]) if "engine_id" in query else None
             if engines is not None:
                 keys = [self.names.engine_index(e) for e in engines if isinstance(e, int)]
-                sets.append({t.decode() for t in self.redis.sunion(keys)} if keys else set())
+                sets.append({t.decode() for t in cast("set[bytes]", self.redis.sunion(keys))} if keys else set())
             bounds = time_range(query["submitted"]) if "submitted" in query else None
             if bounds is not None:
                 low, high = bounds
-                ids = self.redis.zrangebyscore(self.names.history, low, high)
+                ids = cast("list[bytes]", self.redis.zrangebyscore(self.names.history, low, high))
                 sets.append({t.decode() for t in ids})
             if not sets:
                 return None
@@ -151,7 +151,8 @@ class History:
         start = 0
         while True:
             with translate_errors():
-                batch = [t.decode() for t in self.redis.zrange(self.names.history, start, start + BATCH - 1)]
+                batch = [t.decode() for t in
+                         cast("list[bytes]", self.redis.zrange(self.names.history, start, start + BATCH - 1))]
             if not batch:
                 return
             yield batch
@@ -191,7 +192,9 @@ class History:
             count = int(self.redis.zcard(self.names.history))
             if count == 0:
                 return 0, 0
-            ids = [t.decode() for t in self.redis.zrandmember(self.names.history, min(sample, count))]
+            # With a count, ZRANDMEMBER gives a list of members.
+            members = cast("list[bytes]", self.redis.zrandmember(self.names.history, min(sample, count)))
+            ids = [t.decode() for t in members]
             pipe = self.redis.pipeline(transaction=False)
             for task_id in ids:
                 pipe.memory_usage(self.names.task(task_id), samples=0)
@@ -205,7 +208,8 @@ class History:
             pipe = self.redis.pipeline(transaction=False)
             for status in STATUSES:
                 if verbose:
-                    pipe.sinter(n.engine_index(engine_id), n.status_index(status))
+                    # redis-py types sinter's arguments as lists; it takes keys one by one too (list_or_args).
+                    pipe.sinter(n.engine_index(engine_id), n.status_index(status))  # type: ignore[arg-type]
                 else:
                     pipe.sintercard(2, [n.engine_index(engine_id), n.status_index(status)])
             values = pipe.execute()
@@ -232,7 +236,7 @@ class History:
 
     def purge_engine(self, engine_id: int) -> int:
         with translate_errors():
-            ids = [t.decode() for t in self.redis.smembers(self.names.engine_index(engine_id))]
+            ids = [t.decode() for t in cast("set[bytes]", self.redis.smembers(self.names.engine_index(engine_id)))]
         return self.purge(ids)
 
     def cull(self, ttl_s: float, max_records: int, interval_s: float = 1.0) -> int:
@@ -244,7 +248,8 @@ class History:
         with translate_errors():
             if not self.redis.set(self.names.cull_lock, "1", nx=True, px=int(interval_s * 1000)):
                 return 0
-            expired = [t.decode() for t in self.redis.zrangebyscore(self.names.history, "-inf", time.time() - ttl_s)]
+            expired = [t.decode() for t in
+                       cast("list[bytes]", self.redis.zrangebyscore(self.names.history, "-inf", time.time() - ttl_s))]
         removed = self.purge(expired, completed_before=time.time() - ttl_s) if expired else 0
         with translate_errors():
             excess = int(self.redis.zcard(self.names.history)) - max_records
@@ -252,7 +257,8 @@ class History:
         start = 0
         while excess > 0:
             with translate_errors():
-                batch = [t.decode() for t in self.redis.zrange(self.names.history, start, start + BATCH - 1)]
+                batch = [t.decode() for t in
+                         cast("list[bytes]", self.redis.zrange(self.names.history, start, start + BATCH - 1))]
             if not batch:
                 break
             rows = self.fetch(batch, [])

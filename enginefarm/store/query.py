@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
 from ..task import ALIASES
 
@@ -103,15 +103,16 @@ def _is_operator_dict(condition: Any) -> bool:
 def _compare(value: Any, op: str, arg: Any) -> bool:
     if value is None:
         return False
+    # Record fields and query values are plain values (JSON types, datetimes): comparing them gives a bool.
     try:
         if op == "$lt":
-            return value < arg
+            return cast(bool, value < arg)
         if op == "$gt":
-            return value > arg
+            return cast(bool, value > arg)
         if op == "$lte":
-            return value <= arg
+            return cast(bool, value <= arg)
         if op == "$gte":
-            return value >= arg
+            return cast(bool, value >= arg)
     except TypeError:
         return False
     raise QueryError(op)

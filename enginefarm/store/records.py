@@ -16,9 +16,10 @@ import json
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from ..errors import DecodeError, SignatureError, StoreError
 from ..keys import KeyRing
@@ -379,12 +380,13 @@ class Records:
                 **task.extra,
             }
             targeted = task.engine_id is not None
+            # Where ``targeted``, task.engine_id is an int.
             if targeted:
                 mapping["engine_id"] = task.engine_id
-                mapping["_pending_key"] = names.engine_pending(task.engine_id)
+                mapping["_pending_key"] = names.engine_pending(cast(int, task.engine_id))
             args += [names.task(task.task_id), task.task_id, submitted,
-                     names.engine_pending(task.engine_id) if targeted else "",
-                     names.engine_index(task.engine_id) if targeted else "", len(mapping)]
+                     names.engine_pending(cast(int, task.engine_id)) if targeted else "",
+                     names.engine_index(cast(int, task.engine_id)) if targeted else "", len(mapping)]
             for key, value in mapping.items():
                 args += [key, value]
         self._next_stamp = now + (position + 1) * 1e-6
@@ -547,7 +549,7 @@ class Records:
         waiting in (or just taken from) the shared queue."""
         keys = [self.names.status_index(PENDING), *(self.names.engine_pending(e) for e in engine_ids)]
         with translate_errors():
-            ids = [t.decode() for t in self.redis.sdiff(keys)]
+            ids = [t.decode() for t in cast("set[bytes]", self.redis.sdiff(keys))]
             scores = self.redis.zmscore(self.names.history, ids) if ids else []
         # In submission order, like the history.
         return [t for _, t in sorted(zip((s or 0.0 for s in scores), ids))]
@@ -559,14 +561,16 @@ class Records:
     def scheduler_backlog(self) -> list[tuple[str, float]]:
         """Every task waiting for the scheduler, with its arrival order."""
         with translate_errors():
-            return [(t.decode(), s) for t, s in self.redis.zrange(self.names.scheduler_pending, 0, -1, withscores=True)]
+            backlog = cast("list[tuple[bytes, float]]",
+                           self.redis.zrange(self.names.scheduler_pending, 0, -1, withscores=True))
+            return [(t.decode(), s) for t, s in backlog]
 
     def set_fields(self, task_id: str, fields: Mapping[str, Any], only_if: str = PENDING) -> None:
         """Annotate a record (e.g. why it waits) while it is still in state ``only_if``."""
         key = self.names.task(task_id)
         with translate_errors():
             if self.redis.hget(key, "status") == only_if.encode():
-                self.redis.hset(key, mapping=dict(fields))
+                self.redis.hset(key, mapping=cast("dict[FieldT, EncodableT]", dict(fields)))
 
     def clear_fields(self, task_ids: Iterable[str], *fields: str) -> None:
         with translate_errors():
@@ -590,7 +594,8 @@ class Records:
                 popped = self.redis.lmpop(1, key, direction="RIGHT", count=most)
             else:
                 popped = self.redis.blmpop(timeout_s, 1, key, direction="RIGHT", count=most)
-        return list(popped[1]) if popped else []
+        # [key, [entries]]: the key popped from and its entries, or None when the list was empty.
+        return list(cast("list[bytes]", popped[1])) if popped else []
 
     def assign(self, task_id: str, engine_id: int) -> int:
         """Record that the scheduler routed a task to an engine (see ``_ASSIGN``)."""
@@ -656,7 +661,7 @@ class Records:
     def scheme(self) -> str | None:
         """The active scheduler's scheme, or None if no scheduler has run."""
         with translate_errors():
-            value = self.redis.get(self.names.scheduler_scheme)
+            value = cast("bytes | None", self.redis.get(self.names.scheduler_scheme))
         return value.decode() if value is not None else None
 
     def request_shutdown(self, ttl_s: int = 60) -> None:

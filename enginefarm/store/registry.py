@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from ..errors import DecodeError
 from ..names import Names
@@ -171,8 +172,8 @@ class Registry:
         """
         with translate_errors():
             held = self.redis.hgetall(self.names.engines)
-            beating = set(_engine_ids(self.redis.zrange(self.names.heartbeats, 0, -1), self.on_invalid,
-                                      "the heartbeat set"))
+            beating = set(_engine_ids(cast("list[bytes]", self.redis.zrange(self.names.heartbeats, 0, -1)),
+                                      self.on_invalid, "the heartbeat set"))
             seconds, micros = self.redis.time()
         cutoff = seconds + micros / 1e6 - 2 * self.engine_timeout_s
         entries = self._entries(held)
@@ -191,11 +192,12 @@ class Registry:
         """Registration info (host, pid, started, heartbeat) of one or all engines."""
         with translate_errors():
             if engine_id is None:
-                raw = self.redis.hgetall(self.names.engines)
+                raw = cast("dict[Any, bytes]", self.redis.hgetall(self.names.engines))
             else:
-                value = self.redis.hget(self.names.engines, engine_id)
+                value = cast("bytes | None", self.redis.hget(self.names.engines, engine_id))
                 raw = {engine_id: value} if value is not None else {}
-            beats = dict(self.redis.zrange(self.names.heartbeats, 0, -1, withscores=True))
+            beats = dict(cast("list[tuple[bytes, float]]",
+                              self.redis.zrange(self.names.heartbeats, 0, -1, withscores=True)))
         result = self._entries(raw)
         for eid, entry in result.items():
             entry["last_heartbeat"] = beats.get(str(eid).encode())
@@ -206,7 +208,8 @@ class Registry:
         and its value replaced by ``{"invalid": true}``."""
         entries: dict[int, dict[str, Any]] = {}
         for eid in _engine_ids(raw, self.on_invalid, "the engine registry"):
-            value = raw.get(str(eid).encode(), raw.get(eid))
+            # None for a field that names its id otherwise (b"07"): json.loads raises TypeError.
+            value: Any = raw.get(str(eid).encode(), raw.get(eid))
             try:
                 entry = json.loads(value)
                 if not isinstance(entry, dict):
@@ -231,7 +234,8 @@ class Registry:
     def running(self, engine_id: int) -> list[str]:
         """The tasks an engine has claimed and not finished (running, or next in its batch)."""
         with translate_errors():
-            return sorted(t.decode() for t in self.redis.smembers(self.names.engine_claimed(engine_id)))
+            claimed = cast("set[bytes]", self.redis.smembers(self.names.engine_claimed(engine_id)))
+            return sorted(t.decode() for t in claimed)
 
     def running_many(self, engine_ids: list[int]) -> list[set[str]]:
         """What each engine has claimed, in one round trip."""
@@ -245,7 +249,7 @@ class Registry:
 
     def pending(self, engine_id: int) -> set[str]:
         with translate_errors():
-            return {v.decode() for v in self.redis.smembers(self.names.engine_pending(engine_id))}
+            return {v.decode() for v in cast("set[bytes]", self.redis.smembers(self.names.engine_pending(engine_id)))}
 
     def pending_count(self, engine_id: int) -> int:
         with translate_errors():
@@ -256,7 +260,7 @@ class Registry:
         """Raises: ValueError for a value that is not JSON-serializable."""
         if not properties:
             return
-        encoded = {str(k): _json_value(k, v) for k, v in properties.items()}
+        encoded: dict[FieldT, EncodableT] = {str(k): _json_value(k, v) for k, v in properties.items()}
         with translate_errors():
             pipe = self.redis.pipeline(transaction=True)
             pipe.hset(self.names.engine_properties(engine_id), mapping=encoded)
@@ -275,9 +279,10 @@ class Registry:
         key = self.names.engine_properties(engine_id)
         with translate_errors():
             if keys is None:
-                raw = {k.decode("utf-8", "replace"): v for k, v in self.redis.hgetall(key).items()}
+                raw = {k.decode("utf-8", "replace"): v
+                       for k, v in cast("dict[bytes, bytes]", self.redis.hgetall(key)).items()}
             else:
-                values = self.redis.hmget(key, keys) if keys else []
+                values = cast("list[bytes | None]", self.redis.hmget(key, keys)) if keys else []
                 raw = {k: v for k, v in zip(keys, values) if v is not None}
         properties, bad = {}, []
         for name, value in raw.items():

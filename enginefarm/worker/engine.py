@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..broker import BrokerConnection, Consumer, Delivery, Publisher
 from ..broker.topology import declare_cluster, declare_engine_queue
@@ -37,6 +37,9 @@ from ..store import Stores
 from ..store.records import COMPLETED, FAILED
 from ..task import Kind, TaskHeader, open_task
 from .executor import Executor, Outcome
+
+if TYPE_CHECKING:
+    from pika.adapters.blocking_connection import BlockingChannel
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -156,7 +159,7 @@ class Engine:
             s.max_engine_losses,
         )
 
-    def _declare(self, channel: Any) -> list[str]:
+    def _declare(self, channel: BlockingChannel) -> list[str]:
         declare_cluster(channel, self.names)
         queue_name = declare_engine_queue(channel, self.names, self.engine_id)
         if not self._activated:
@@ -420,8 +423,8 @@ class Engine:
         started = time.monotonic()
         # Long tasks hand custody to the record in Redis, so the broker's consumer timeout
         # never closes our channel; a reaper settles the record if this engine dies.
-        after = [(self.settings.custody_after_s, job.ack),
-                 (self.settings.batch_window_s, self._step_aside)]
+        after: list[tuple[float, Callable[[], None]]] = [(self.settings.custody_after_s, job.ack),
+                                                         (self.settings.batch_window_s, self._step_aside)]
         if index + 1 < batch.cut:
             after.append((max(batch.window_end - started, 0.0), lambda: self._release_rest(batch, index)))
         self.metrics.in_progress.inc()
@@ -455,7 +458,7 @@ class Engine:
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
 
-    def _refuse(self, delivery: Delivery, ack: AckOnce, exc: SignatureError) -> None:
+    def _refuse(self, delivery: Delivery, ack: AckOnce, exc: SignatureError | DecodeError) -> None:
         self.metrics.dead_lettered.labels(exc.reason).inc()
         source = self.names.work_queue if delivery.queue == self.names.work_queue else \
             self.names.engine_queue(self.engine_id)
