@@ -64,7 +64,6 @@ def run_interruptibly(state: EngineState, header: dict[str, Any], payload: bytes
 
 def serve(conn: Connection, cap: int) -> None:
     state = EngineState()
-    signal.signal(signal.SIGINT, interrupt_request)
     while True:
         try:
             message = conn.recv_bytes()
@@ -78,10 +77,12 @@ def serve(conn: Connection, cap: int) -> None:
 def main(argv: list[str]) -> None:
     fd, parent_pid, cap = int(argv[0]), int(argv[1]), int(argv[2])
     die_with_parent(parent_pid)
-    # SIGINT is let in while a request runs (see interrupt_request); SIGTERM acts as it does on
-    # any process, whatever the supervisor inherited.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGTERM acts as it does on any process, whatever the supervisor inherited. SIGINT, which
+    # the supervisor kept blocked while this process started, interrupts running requests only
+    # (see interrupt_request); one sent meanwhile arrives now and is ignored.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, interrupt_request)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     serve(Connection(fd), cap)
 
 

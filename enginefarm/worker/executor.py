@@ -53,15 +53,21 @@ class Executor:
 
     def start(self) -> None:
         parent, child = socket.socketpair()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "enginefarm.worker.child", str(child.fileno()), str(os.getpid()), str(self.cap)],
-            pass_fds=(child.fileno(),),
-            stdin=subprocess.DEVNULL,
-            # Its own session: a terminal's Ctrl-C or a signal to the engine's process group
-            # reaches the supervisor only, which decides; a signal reaches the child only when
-            # it is sent to the child itself (``send_signal``).
-            start_new_session=True,
-        )
+        # The child inherits SIGINT blocked and unblocks it once its handler is in place: one
+        # sent while it starts up would otherwise end it with a KeyboardInterrupt.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "enginefarm.worker.child", str(child.fileno()), str(os.getpid()), str(self.cap)],
+                pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL,
+                # Its own session: a terminal's Ctrl-C or a signal to the engine's process
+                # group reaches the supervisor only, which decides; a signal reaches the child
+                # only when it is sent to the child itself (``send_signal``).
+                start_new_session=True,
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         child.close()
         self.conn = Connection(parent.detach())
         # One poller for the child's life: Connection.poll builds a selector on every call.
