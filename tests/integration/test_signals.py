@@ -6,10 +6,9 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pika
 import pytest
 
 from enginefarm import AsyncResult, Client, InvalidEngineID, RemoteError
@@ -18,7 +17,7 @@ from enginefarm.keys import KeyRing
 from enginefarm.protocol import new_id, seal
 from enginefarm.store import Records
 
-from ..harness import Cluster, Daemon, queue_exists, wait_for
+from ..harness import Amqp, Cluster, Daemon, queue_exists, wait_for
 
 TIMEOUT_S = 60
 # "At once": the signal does not wait for the task; this leaves room for a loaded machine.
@@ -44,19 +43,6 @@ def engine(cluster: Cluster) -> Daemon:
     return cluster.start_engine()
 
 
-@pytest.fixture
-def amqp(settings) -> Iterator[pika.adapters.blocking_connection.BlockingChannel]:
-    """A plain pika channel, as someone with publish access to the broker has."""
-    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
-    try:
-        channel = connection.channel()
-        channel.confirm_delivery()
-        yield channel
-    finally:
-        if connection.is_open:
-            connection.close()
-
-
 def start_long_task(client: Client, cluster: Cluster, engine_id: int, marker: str,
                     total_s: float = 120.0) -> AsyncResult:
     """Start a long task on ``engine_id`` and return once it runs: its record says started,
@@ -74,13 +60,9 @@ def remote_error_of(ar: AsyncResult, timeout_s: float) -> RemoteError:
     return info.value
 
 
-def control_depth(settings, cluster: Cluster, engine_id: int) -> int:
-    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
-    try:
-        declared = connection.channel().queue_declare(cluster.names.control_queue(engine_id), passive=True)
-        return int(declared.method.message_count)
-    finally:
-        connection.close()
+def control_depth(amqp: Amqp, cluster: Cluster, engine_id: int) -> int:
+    declared = amqp.channel.queue_declare(cluster.names.control_queue(engine_id), passive=True)
+    return int(declared.method.message_count)
 
 
 # How a caller sends SIGINT to one engine: by name from the client, by number from a view.
@@ -171,11 +153,9 @@ def test_forged_control_message_is_dead_lettered_and_does_nothing(forgery, setti
     header = {"task_id": new_id(), "kind": "signal", "client_id": new_id(), "engine_id": eid,
               "signum": int(signal.SIGINT)}
     body = make(ring, header)
-    amqp.basic_publish(names.direct_exchange, names.control_routing_key(eid), body,
-                       pika.BasicProperties(delivery_mode=2), mandatory=True)
+    amqp.publish(names.direct_exchange, names.control_routing_key(eid), body)
     # Then it is dead-lettered, untouched, with its reason and the control queue as its source
-    method, props, dead = wait_for(lambda: _got(amqp.basic_get(names.dead_queue, auto_ack=True)), TIMEOUT_S,
-                                   "a dead-lettered message")
+    props, dead = wait_for(lambda: amqp.get(names.dead_queue), TIMEOUT_S, "a dead-lettered message")
     assert props.headers[REASON_HEADER] == reason
     assert props.headers[SOURCE_HEADER] == names.control_queue(eid)
     assert dead == body
@@ -183,10 +163,6 @@ def test_forged_control_message_is_dead_lettered_and_does_nothing(forgery, setti
     assert running.get(timeout=TIMEOUT_S) == "finished"
     assert client[eid].apply(pow, 2, 5) == 32
     assert f"dead-lettering a message from {names.control_queue(eid)}: {reason}" in engine.log()
-
-
-def _got(reply: tuple[Any, Any, Any]) -> tuple[Any, Any, Any] | None:
-    return reply if reply[0] is not None else None
 
 
 def test_replayed_signal_is_dead_lettered_and_does_nothing(settings, cluster, client, engine, amqp, tmp_path):
@@ -199,11 +175,9 @@ def test_replayed_signal_is_dead_lettered_and_does_nothing(settings, cluster, cl
     captured = records.get(sent.task_ids[0]).request
     running = start_long_task(client, cluster, eid, str(tmp_path / "started"), total_s=4.0)
     # When someone with publish access sends that message again
-    amqp.basic_publish(names.direct_exchange, names.control_routing_key(eid), captured,
-                       pika.BasicProperties(delivery_mode=2), mandatory=True)
+    amqp.publish(names.direct_exchange, names.control_routing_key(eid), captured)
     # Then it is refused as a replay and the running task finishes normally
-    _, props, _ = wait_for(lambda: _got(amqp.basic_get(names.dead_queue, auto_ack=True)), TIMEOUT_S,
-                           "a dead-lettered message")
+    props, _ = wait_for(lambda: amqp.get(names.dead_queue), TIMEOUT_S, "a dead-lettered message")
     assert props.headers[REASON_HEADER] == "replayed"
     assert running.get(timeout=TIMEOUT_S) == "finished"
     assert records.get(sent.task_ids[0]).status == "completed"
@@ -212,7 +186,7 @@ def test_replayed_signal_is_dead_lettered_and_does_nothing(settings, cluster, cl
 BAD_SIGNALS = ["SIGNOPE", "INT", "sigint", "", 0, -1, 9999, 2.0, None, True]
 
 
-def test_bad_signal_raises_value_error_and_publishes_nothing(settings, cluster, client, engine):
+def test_bad_signal_raises_value_error_and_publishes_nothing(cluster, client, engine, amqp):
     for bad in BAD_SIGNALS:
         with pytest.raises(ValueError):
             client.send_signal(bad, targets=engine.engine_id)
@@ -220,7 +194,7 @@ def test_bad_signal_raises_value_error_and_publishes_nothing(settings, cluster, 
             client.direct_view().send_signal(bad)
     # Nothing was recorded or published.
     assert client.history == [] and client.hub_history() == []
-    assert control_depth(settings, cluster, engine.engine_id) == 0
+    assert control_depth(amqp, cluster, engine.engine_id) == 0
 
 
 def test_signal_to_a_nonexistent_engine_raises_invalid_engine_id(client, engine):
