@@ -45,6 +45,16 @@ class Names:
     def engine_routing_key(engine_id: int) -> str:
         return str(engine_id)
 
+    def control_queue(self, engine_id: int) -> str:
+        """Out-of-band control of one engine (signals): consumed beside its task queue, so a
+        control message never waits behind the task the engine is running."""
+        return f"{self.cluster}.control.{engine_id}"
+
+    @staticmethod
+    def control_routing_key(engine_id: int) -> str:
+        """On the direct exchange, beside the engine's own key (which is its bare id)."""
+        return f"control.{engine_id}"
+
     def fixed_queues(self) -> list[str]:
         return [self.tasks_queue, self.work_queue, self.dead_queue]
 

@@ -1,4 +1,4 @@
-"""Recovering from engines that are gone: fail (or hand back) their tasks, remove their queue.
+"""Recovering from engines that are gone: fail (or hand back) their tasks, remove their queues.
 
 Any process with a broker connection and the store may reap: engines do it for their peers,
 clients do it while they wait, the scheduler does it too. A Redis lock makes each reaping
@@ -90,6 +90,7 @@ class Reaper:
             log.log(level, "engine %d %s; recovering its tasks", engine_id, why)
             self.settle_tasks(engine_id, why)
             self.broker.delete_queue(self.names.engine_queue(engine_id))
+            self.broker.delete_queue(self.names.control_queue(engine_id))
             # Anything that slipped in between the settling and the queue's removal.
             self.settle_tasks(engine_id, why)
             self.registry.unregister(engine_id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
@@ -78,6 +79,8 @@ class Kind(_Word):
     KILL = "kill"
     PUSH_SERIALIZED = "push_serialized"
     PULL_SERIALIZED = "pull_serialized"
+    # Out of band: the engine's control queue, handled by the supervisor, never the child.
+    SIGNAL = "signal"
 
 
 def is_id(value: object) -> bool:
@@ -152,8 +155,9 @@ class TaskHeader:
     """The signed header of a task message: what scheduler and engines act on.
 
     ``engine_id`` is the target of a direct (MultiEngine) command and None for a
-    load-balanced task (``lb``). ``ts`` and ``mid`` are the send time and message id that
-    the envelope stamps.
+    load-balanced task (``lb``). ``signum`` is the signal a ``signal`` command sends (and
+    only it carries one). ``ts`` and ``mid`` are the send time and message id that the
+    envelope stamps.
     """
 
     task_id: str
@@ -172,6 +176,7 @@ class TaskHeader:
     follow: Dependency | None = None
     targets: tuple[int, ...] | None = None
     label: str | None = None
+    signum: int | None = None
     ts: float | None = None
     mid: str | None = None
 
@@ -221,6 +226,7 @@ class TaskHeader:
         label = raw.get("label")
         if label is not None and (not isinstance(label, str) or len(label) > MAX_LABEL):
             raise DecodeError("label", f"must be text of at most {MAX_LABEL} characters")
+        signum = _signum(kind, raw.get("signum"))
         return cls(
             task_id=task_id,
             kind=kind,
@@ -237,6 +243,7 @@ class TaskHeader:
             follow=follow,
             targets=targets,
             label=label,
+            signum=signum,
             ts=None if ts is None else _number("ts", ts, 0.0, 1e11),
             mid=mid,
         )
@@ -273,6 +280,16 @@ class TaskHeader:
 
 
 _HEADER_FIELDS = frozenset(f.name for f in fields(TaskHeader))
+
+
+def _signum(kind: Kind, raw: object) -> int | None:
+    """A signal command names its signal (a number, so that what is sent is what was
+    signed); no other kind carries one."""
+    if kind is Kind.SIGNAL:
+        return _int("signum", raw, 1, signal.NSIG - 1)
+    if raw is not None:
+        raise DecodeError("signum", f"only a signal command carries a signal, not {kind}")
+    return None
 
 
 def _targets(raw: object) -> tuple[int, ...] | None:

@@ -161,7 +161,8 @@ def remove_cluster(settings: Settings, max_engine_id: int = 64) -> None:
     conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
     try:
         channel = conn.channel()
-        for queue in [*names.fixed_queues(), *(names.engine_queue(i) for i in range(max_engine_id))]:
+        engine_queues = [q for i in range(max_engine_id) for q in (names.engine_queue(i), names.control_queue(i))]
+        for queue in [*names.fixed_queues(), *engine_queues]:
             channel.queue_delete(queue)
         for exchange in names.exchanges():
             channel.exchange_delete(exchange)

@@ -43,6 +43,20 @@ def declare_engine_queue(channel: BlockingChannel, names: Names, engine_id: int)
     return queue
 
 
+def declare_control_queue(channel: BlockingChannel, names: Names, engine_id: int) -> str:
+    """The engine's control queue (signals), bound to the direct exchange beside its own queue.
+
+    Declared and removed together with the engine queue; refused messages go to the same
+    dead-letter exchange.
+    """
+    queue = names.control_queue(engine_id)
+    channel.queue_declare(
+        queue, durable=True, arguments={"x-dead-letter-exchange": names.dead_exchange}
+    )
+    channel.queue_bind(queue, names.direct_exchange, routing_key=names.control_routing_key(engine_id))
+    return queue
+
+
 def queue_depth(channel: BlockingChannel, queue: str) -> int | None:
     """Messages ready in ``queue`` (not counting unacked ones), or None if it does not exist.
 

@@ -19,12 +19,13 @@ from ..names import Names
 from ..protocol import new_id, seal
 from ..recovery import Reaper
 from ..serialization import dumps, loads
-from ..task import TaskHeader, with_datetimes
+from ..task import Kind, TaskHeader, with_datetimes
 from ..store import Stores, TaskRecord
 from ..store.records import ABORTED, COMPLETED, PENDING, NewTask, error_fields
-from .asyncresult import Metadata, MetadataStore
+from .asyncresult import AsyncResult, Metadata, MetadataStore
 from .farming import TaskFarming
 from .hub import HubMethods, Jobs
+from .signals import signal_number
 from .targets import ViewKey, view_targets, wait_for_count
 from .view import DirectView
 
@@ -214,6 +215,31 @@ class Client(TaskFarming, HubMethods):
         return aborted
 
     # --- sending --------------------------------------------------------------------
+    def send_signal(self, signum: int | str, targets: Targets = None, block: bool | None = None) -> Any:
+        """Send a signal to each target engine's process at once: it does not wait behind
+        the task an engine is running. SIGINT interrupts that task with KeyboardInterrupt
+        (it fails; the namespace and the engine go on); other signals act as they do on any
+        process (SIGTERM or SIGKILL end it: a task it was running fails with
+        EngineProcessDied and the namespace is lost). Each target's outcome is recorded
+        once its engine has sent the signal (failed if it had no process to send it to).
+
+        Args:
+            signum: a signal number or name ('SIGINT').
+            targets: engine ids (int, list of ints) or 'all' (None: 'all').
+            block: wait for every engine's outcome (default: ``self.block``); else return
+                the AsyncResult of the signals.
+
+        Raises:
+            ValueError: ``signum`` is not a signal (nothing is published).
+            InvalidEngineID, NoEnginesRegistered: as for any targeted command.
+        """
+        number = signal_number(signum)
+        engine_ids = self.resolve_targets(targets)
+        blocking = self.block if block is None else block
+        task_ids = self.send_direct(Kind.SIGNAL.value, None, engine_ids, {"signum": number}, confirm=not blocking)
+        result = AsyncResult(self, task_ids, isinstance(targets, int), Kind.SIGNAL.value)
+        return result.get() if blocking else result
+
     def send_direct(
         self,
         kind: str,
@@ -283,11 +309,13 @@ class Client(TaskFarming, HubMethods):
         self.records.create(tasks, wait=False)
         self.history.extend(t.task_id for t in tasks)
         self.outstanding.update(t.task_id for t in tasks)
+        # Signals go to the engine's control queue, so they need not wait behind its tasks.
+        route = self.names.control_routing_key if kind == Kind.SIGNAL else self.names.engine_routing_key
         try:
             self.publisher.send([
                 # Each task was made for one of the engine ids, an int; mypy infers no type for a
                 # lambda with a default argument, so the callback's is spelled out.
-                Outgoing(self.names.direct_exchange, self.names.engine_routing_key(cast(int, task.engine_id)), body,
+                Outgoing(self.names.direct_exchange, route(cast(int, task.engine_id)), body,
                          on_return=cast("Callable[[], None]", lambda task=task: self._engine_gone(task)))
                 for task, body in zip(tasks, bodies)
             ], confirm=confirm)

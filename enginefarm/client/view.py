@@ -141,6 +141,11 @@ class DirectView:
         """Names defined in each target's namespace."""
         return self._send("keys", None, targets, block)
 
+    def send_signal(self, signum: int | str, targets: Targets = _UNSET, block: bool | None = None) -> Any:
+        """Send a signal to each target engine's process at once (see ``Client.send_signal``)."""
+        chosen = self.targets if targets is _UNSET or targets is None else targets
+        return self.client.send_signal(signum, chosen, self._block(block))
+
     def kill(self, targets: Targets = _UNSET, block: bool | None = None) -> Any:
         """Stop the target engines once the commands queued before this one have run."""
         return self._send("kill", None, targets, block)

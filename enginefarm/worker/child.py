@@ -2,6 +2,12 @@
 
 It talks to its supervisor over one socket (multiprocessing framing, stdlib pickle between
 the two trusted processes). It dies with the supervisor, even while user code spins in C.
+
+It runs in a session of its own, so only signals sent to it reach it (``Client.send_signal``
+through the supervisor). SIGINT interrupts the running request with KeyboardInterrupt, which
+fails that request; between requests it is ignored, so the loop and the namespace survive
+it. Other signals act as on any process (SIGTERM ends it: the supervisor records that its
+process died and starts a new one).
 """
 
 from __future__ import annotations
@@ -12,8 +18,10 @@ import pickle
 import signal
 import sys
 from multiprocessing.connection import Connection
+from types import FrameType
+from typing import Any
 
-from .commands import EngineState, run_command
+from .commands import EngineState, error_outcome, run_command
 
 _PR_SET_PDEATHSIG = 1
 
@@ -29,6 +37,31 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+def interrupt_request(signum: int, frame: FrameType | None) -> None:
+    """SIGINT: raise KeyboardInterrupt if a request is running, else ignore it.
+
+    Whether one runs is read from the stack, not from a flag that a late signal could catch
+    half set: anywhere outside ``run_command`` (waiting for a request, sending an outcome) an
+    interrupt would break the loop or leave half a frame on the socket.
+    """
+    while frame is not None:
+        if frame.f_code is run_command.__code__:
+            raise KeyboardInterrupt
+        frame = frame.f_back
+
+
+def run_interruptibly(state: EngineState, header: dict[str, Any], payload: bytes, cap: int) -> dict[str, Any]:
+    """``run_command``, whose request SIGINT may interrupt. An interrupt inside the user's
+    code is already its error outcome; one that lands around it (unpickling the request,
+    pickling the result) is made one here."""
+    saved = sys.stdout, sys.stderr
+    try:
+        return run_command(state, header, payload, cap)
+    except KeyboardInterrupt as exc:
+        sys.stdout, sys.stderr = saved  # it may have landed while output was captured
+        return error_outcome(exc)
+
+
 def serve(conn: Connection, cap: int) -> None:
     state = EngineState()
     while True:
@@ -37,16 +70,19 @@ def serve(conn: Connection, cap: int) -> None:
         except (EOFError, OSError):
             return
         header, payload = pickle.loads(message)
-        outcome = run_command(state, header, payload, cap)
+        outcome = run_interruptibly(state, header, payload, cap)
         conn.send_bytes(pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def main(argv: list[str]) -> None:
     fd, parent_pid, cap = int(argv[0]), int(argv[1]), int(argv[2])
     die_with_parent(parent_pid)
-    # Ctrl-C in a terminal reaches the whole process group; the supervisor decides.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # SIGTERM acts as it does on any process, whatever the supervisor inherited. SIGINT, which
+    # the supervisor kept blocked while this process started, interrupts running requests only
+    # (see interrupt_request); one sent meanwhile arrives now and is ignored.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, interrupt_request)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     serve(Connection(fd), cap)
 
 

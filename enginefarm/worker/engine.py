@@ -4,6 +4,7 @@ Threads of the supervisor:
 - main: the broker I/O loop (deliveries, acks, AMQP heartbeats); never blocks on user code;
 - worker: takes deliveries one at a time, claims the task in Redis, runs it in the child,
   records the outcome, then acks;
+- control: signals from the engine's control queue, sent to the child at once (see control.py);
 - heartbeat: refreshes liveness in Redis;
 - upkeep: reaps peers that stopped heartbeating and culls old history.
 """
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..broker import BrokerConnection, Consumer, Delivery, Publisher
-from ..broker.topology import declare_cluster, declare_engine_queue
+from ..broker.topology import declare_cluster, declare_control_queue, declare_engine_queue
 from ..config import Settings
 from ..deadletter import dead_letter
 from ..errors import DecodeError, EnginefarmError, SignatureError, StoreError
@@ -36,6 +37,7 @@ from ..schedulers import retry
 from ..store import Stores
 from ..store.records import COMPLETED, FAILED
 from ..task import Kind, TaskHeader, open_task
+from .control import Control
 from .executor import Executor, Outcome
 
 if TYPE_CHECKING:
@@ -123,6 +125,7 @@ class Engine:
         self._aside = False  # not taking from the shared queue while a long task runs
         self._owed: tuple[str, str, dict[str, Any]] | None = None  # an outcome sent, reply not read
         self._reaping = threading.Lock()  # the reaper's broker connection serves one thread at a time
+        self._publishing = threading.Lock()  # so does the publisher's (worker and control threads)
         self.metrics = Metrics()
         self.incidents = Incidents("engine", self.metrics)
 
@@ -144,12 +147,17 @@ class Engine:
         self.consumer = Consumer(
             s.amqp_url,
             setup=self._declare,
-            on_message=self._deliveries.put,
+            on_message=self._route,
             prefetch=s.prefetch,
             heartbeat_s=s.amqp_heartbeat_s,
             name=f"enginefarm-engine-{s.cluster}-{self.engine_id}",
         )
         self.publisher = Publisher(s.amqp_url, s.amqp_heartbeat_s, f"enginefarm-engine-{self.engine_id}-pub")
+        self.control = Control(
+            self.engine_id, self.ring, self.records, self.executor, self.consumer.ack,
+            lambda delivery, exc: self._refuse(delivery, AckOnce(self.consumer, delivery), exc),
+            self._retry_store, self.incidents, s.max_message_age_s,
+        )
         self.reaper = Reaper(
             self.registry,
             self.records,
@@ -162,11 +170,19 @@ class Engine:
     def _declare(self, channel: BlockingChannel) -> list[str]:
         declare_cluster(channel, self.names)
         queue_name = declare_engine_queue(channel, self.names, self.engine_id)
+        control_queue = declare_control_queue(channel, self.names, self.engine_id)
         if not self._activated:
             # Only now can clients route to us: the queue exists and consuming starts next.
             self._retry_store(lambda: self.registry.activate(self.engine_id))
             self._activated = True
-        return [queue_name, self.names.work_queue]
+        return [queue_name, control_queue, self.names.work_queue]
+
+    def _route(self, delivery: Delivery) -> None:
+        """On the broker I/O thread: control messages to the control thread, tasks to the worker."""
+        if delivery.queue == self.names.control_queue(self.engine_id):
+            self.control.put(delivery)
+        else:
+            self._deliveries.put(delivery)
 
     def run(self, on_ready: Callable[[int], None] | None = None) -> int:
         """Serve until stopped; returns the process exit code."""
@@ -176,6 +192,7 @@ class Engine:
         log.info("engine %d of cluster %r registered (pid %d)", self.engine_id, self.settings.cluster, os.getpid())
         threads = [
             threading.Thread(target=self._work, name="worker", daemon=True),
+            threading.Thread(target=self.control.serve, args=(self._stop_io,), name="control", daemon=True),
             threading.Thread(target=self._beat, name="heartbeat", daemon=True),
             threading.Thread(target=self._upkeep, name="upkeep", daemon=True),
         ]
@@ -268,6 +285,11 @@ class Engine:
             self._refuse(delivery, ack, DecodeError("message", "could not be opened"))
             return None
         header = message.header
+        if header.kind is Kind.SIGNAL:
+            # Signals are sent on the control queue; one re-published to a task queue would
+            # wait behind the running task and mean something else by then.
+            self._refuse(delivery, ack, SignatureError("context", "a signal on a task queue"))
+            return None
         if not header.lb and header.engine_id != self.engine_id:
             # Signed for another engine and re-published here: the target is part of the request.
             self._refuse(delivery, ack, SignatureError(
@@ -460,9 +482,10 @@ class Engine:
 
     def _refuse(self, delivery: Delivery, ack: AckOnce, exc: SignatureError | DecodeError) -> None:
         self.metrics.dead_lettered.labels(exc.reason).inc()
-        source = self.names.work_queue if delivery.queue == self.names.work_queue else \
-            self.names.engine_queue(self.engine_id)
-        if dead_letter(self.publisher, self.names, self.records, delivery.body, exc, source):
+        source = delivery.queue or self.names.engine_queue(self.engine_id)
+        with self._publishing:
+            sent = dead_letter(self.publisher, self.names, self.records, delivery.body, exc, source)
+        if sent:
             ack()
         else:
             self.consumer.reject(delivery, requeue=False)

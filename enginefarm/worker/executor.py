@@ -53,11 +53,21 @@ class Executor:
 
     def start(self) -> None:
         parent, child = socket.socketpair()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "enginefarm.worker.child", str(child.fileno()), str(os.getpid()), str(self.cap)],
-            pass_fds=(child.fileno(),),
-            stdin=subprocess.DEVNULL,
-        )
+        # The child inherits SIGINT blocked and unblocks it once its handler is in place: one
+        # sent while it starts up would otherwise end it with a KeyboardInterrupt.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "enginefarm.worker.child", str(child.fileno()), str(os.getpid()), str(self.cap)],
+                pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL,
+                # Its own session: a terminal's Ctrl-C or a signal to the engine's process
+                # group reaches the supervisor only, which decides; a signal reaches the child
+                # only when it is sent to the child itself (``send_signal``).
+                start_new_session=True,
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         child.close()
         self.conn = Connection(parent.detach())
         # One poller for the child's life: Connection.poll builds a selector on every call.
@@ -67,6 +77,19 @@ class Executor:
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
+
+    def send_signal(self, signum: int) -> None:
+        """Send ``signum`` to the child process, never to anyone else (from any thread).
+
+        Raises:
+            ProcessLookupError: no child is running (it died and is not replaced yet).
+            OSError: the signal could not be sent (e.g. an invalid number).
+        """
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            raise ProcessLookupError("the engine has no child process running")
+        # Popen skips a child it has reaped already, so a recycled pid is never signalled.
+        proc.send_signal(signum)
 
     def interrupt(self, reason: str) -> None:
         """Stop the running request (from any thread): the child is killed and replaced."""
