@@ -125,8 +125,8 @@ def _check_age(header: Mapping[str, Any], max_age_s: float) -> None:
     if max_age_s <= 0:
         return
     sent = header.get("ts")
-    if not isinstance(sent, (int, float)):
-        raise SignatureError("malformed", "no send time")
+    if isinstance(sent, bool) or not isinstance(sent, (int, float)) or not -1e12 < sent < 1e12:
+        raise SignatureError("malformed", "no send time (or not a time)")
     age = time.time() - sent
     if age > max_age_s or age < -_FUTURE_SLACK_S:
         raise SignatureError("stale", f"sent {age:.0f}s ago, limit {max_age_s:.0f}s")

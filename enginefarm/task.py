@@ -100,8 +100,9 @@ def _int(name: str, value: object, low: int, high: int) -> int:
 def _number(name: str, value: object, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise DecodeError(name, f"must be a number, not {_show(value)}")
-    if not math.isfinite(value) or not low <= value <= high:
-        raise DecodeError(name, f"{value!r} is out of range [{low:g}, {high:g}]")
+    # Compared as it is: an int past a float's range must not reach float() (OverflowError).
+    if (isinstance(value, float) and not math.isfinite(value)) or not low <= value <= high:
+        raise DecodeError(name, f"{_show(value)} is out of range [{low:g}, {high:g}]")
     return float(value)
 
 
