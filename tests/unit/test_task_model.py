@@ -229,7 +229,9 @@ def test_a_status_compares_and_hashes_like_its_string(status: Status) -> None:
     assert status == status.value and status.value == status
     assert hash(status) == hash(status.value)
     assert str(status) == f"{status}" == status.value
-    assert {status.value: 1}[status] == 1 and {status: 1}[status.value] == 1
+    by_text: dict[str, int] = {status.value: 1}
+    by_status: dict[str, int] = {status: 1}
+    assert by_text[status] == 1 and by_status[status.value] == 1
     assert (status.value in TERMINAL) is status.terminal is (status in TERMINAL)
 
 
