@@ -34,7 +34,7 @@ _PREFIX = len(MAGIC) + _KID_LEN + _SIG_LEN + 4
 _FUTURE_SLACK_S = 300.0
 # A header is a few hundred bytes; anything near this is hostile, and is refused before parsing.
 MAX_HEADER_BYTES = 64 * 1024
-_TASK_ID_RE = re.compile(rb'"task_id":"([A-Za-z0-9_-]{1,64})"')
+_TASK_ID_RE = re.compile(rb'"task_id"\s*:\s*"([A-Za-z0-9_-]{1,64})"')
 # Built once: json.dumps with separators builds an encoder on every call.
 _encode_header = json.JSONEncoder(separators=(",", ":")).encode
 
@@ -145,11 +145,14 @@ def peek_task_id(data: bytes) -> str | None:
     if not data.startswith(MAGIC) or head_len > MAX_HEADER_BYTES:
         return None
     head = data[_PREFIX : _PREFIX + head_len]
+    # Found without parsing: a header nested too deep to parse (here, or in a caller's deeper
+    # stack) still names its task.
+    found = _TASK_ID_RE.search(head)
+    if found:
+        return found.group(1).decode()
     try:
         header = json.loads(head)
         task_id = header.get("task_id") if isinstance(header, dict) else None
     except (ValueError, RecursionError):
-        # A header too deep to parse can still name its task plainly.
-        found = _TASK_ID_RE.search(head)
-        task_id = found.group(1).decode() if found else None
+        return None
     return task_id if isinstance(task_id, str) and 0 < len(task_id) <= 64 else None

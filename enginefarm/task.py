@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import reprlib
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -113,8 +114,14 @@ def _flag(name: str, value: object) -> bool:
 
 
 def _show(value: object) -> str:
-    text = repr(value)
+    # reprlib bounds depth and length: a hostile value nested deep must not recurse here.
+    text = _SHOW.repr(value)
     return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
+
+
+_SHOW = reprlib.Repr()
+_SHOW.maxlevel = 3
+_SHOW.maxstring = _SHOW.maxother = _SHOW.maxlong = 60
 
 
 # --- dependencies on other tasks ---------------------------------------------------------
