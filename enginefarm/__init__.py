@@ -36,6 +36,8 @@ _EXPORTS = {
     "InvalidDependency": "enginefarm.errors",
     "ImpossibleDependency": "enginefarm.errors",
     "EngineError": "enginefarm.errors",
+    "Reference": "enginefarm.reference",
+    "interactive": "enginefarm.reference",
 }
 
 # Modules under the names ipyparallel users import (``from enginefarm import error``).

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import serialization
+from .binding import bind_request, mentions_engine_side
 
 
 @dataclass
@@ -236,6 +237,13 @@ def run_command(state: EngineState, header: dict[str, Any], payload: bytes, cap:
         refusal = check_task(state, header, request)
         if refusal is not None:
             return refusal
+    if mentions_engine_side(payload):
+        # References and @interactive functions (see binding). Bound before clear_before,
+        # so a Reference reads the namespace the task found.
+        try:
+            request, _ = bind_request(kind, request, state.namespace)
+        except Exception as exc:
+            return error_outcome(exc)
     if header.get("clear_before"):
         state.reset()
     out, err = CappedWriter(cap), CappedWriter(cap)

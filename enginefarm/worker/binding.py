@@ -1,0 +1,72 @@
+"""Binding a request to the engine's namespace, in the child, just before it runs.
+
+A request may carry what means something only here: a ``Reference`` (the value of a name in
+the namespace) and an ``@interactive`` function (whose globals must be the namespace).
+``bind_request`` swaps each for what it stands for, in a call's function and arguments (also
+inside lists, tuples and dicts) and in pushed values.
+
+Most requests carry none of them, and their pickled bytes never name the modules those
+classes live in: ``mentions_engine_side`` lets the child skip the walk for them (a map chunk
+of thousands of items is not looked at item by item).
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+from ..reference import Reference, is_interactive, rebind
+
+# Pickles name a class by its module; these are the modules of what binding swaps.
+ENGINE_SIDE_MODULES = (b"enginefarm.reference",)
+
+# How deep into nested lists, tuples and dicts binding looks. A Reference among a
+# load-balanced map's items sits four levels down: the call, its arguments, the chunk (a
+# list), one item's argument tuple.
+MAX_DEPTH = 8
+
+
+def mentions_engine_side(payload: bytes) -> bool:
+    """Whether pickled bytes may hold something to bind (never false when they do)."""
+    return any(module in payload for module in ENGINE_SIDE_MODULES)
+
+
+class Binder:
+    """Binds values to one namespace."""
+
+    def __init__(self, namespace: dict[str, Any]) -> None:
+        self.namespace = namespace
+
+    def bind(self, value: Any, depth: int = 0) -> Any:
+        """``value`` as it means on this engine; containers are copied only where something
+        in them changed.
+
+        Raises:
+            NameError: a Reference names nothing here.
+        """
+        kind = type(value)
+        if kind is Reference:
+            return value.resolve(self.namespace)
+        if kind is types.FunctionType:
+            return rebind(value, self.namespace) if is_interactive(value) else value
+        if depth >= MAX_DEPTH:
+            return value
+        if kind is tuple or kind is list:
+            items = [self.bind(item, depth + 1) for item in value]
+            return value if all(a is b for a, b in zip(items, value)) else kind(items)
+        if kind is dict:
+            bound = {key: self.bind(item, depth + 1) for key, item in value.items()}
+            return value if all(bound[k] is v for k, v in value.items()) else bound
+        return value
+
+
+def bind_request(kind: str, request: Any, namespace: dict[str, Any]) -> tuple[Any, Binder]:
+    """The request with its engine-side parts bound, and the binder that bound them."""
+    binder = Binder(namespace)
+    if kind in ("apply", "push", "push_function"):
+        return binder.bind(request), binder
+    if kind == "map_task" and isinstance(request, dict):
+        return {**request, "call": binder.bind(request["call"])}, binder
+    if kind == "string_task" and isinstance(request, dict):
+        return {**request, "push": binder.bind(request.get("push") or {})}, binder
+    return request, binder
