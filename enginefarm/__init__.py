@@ -36,8 +36,12 @@ _EXPORTS = {
     "InvalidDependency": "enginefarm.errors",
     "ImpossibleDependency": "enginefarm.errors",
     "EngineError": "enginefarm.errors",
+    "UnmetDependency": "enginefarm.errors",
     "Reference": "enginefarm.reference",
     "interactive": "enginefarm.reference",
+    "depend": "enginefarm.dependency",
+    "dependent": "enginefarm.dependency",
+    "require": "enginefarm.dependency",
 }
 
 # Modules under the names ipyparallel users import (``from enginefarm import error``).

@@ -81,6 +81,12 @@ class TaskError(EnginefarmError):
     """A task id is unknown, or the task is in a state that forbids the request."""
 
 
+class UnmetDependency(EnginefarmError):
+    """Raised on an engine, by a dependency (``@depend``'s function, ``@require``) or by a
+    task itself, to say the task cannot run there: a load-balanced task goes to another
+    engine, a targeted call fails with it (ipyparallel's ``error.UnmetDependency``)."""
+
+
 class RemoteError(EnginefarmError):
     """An exception raised on an engine, carried back with its traceback.
 

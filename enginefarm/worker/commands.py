@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import serialization
-from .binding import bind_request, mentions_engine_side
+from ..errors import UnmetDependency
+from .binding import Binder, bind_request, mentions_engine_side
 
 
 @dataclass
@@ -194,6 +195,15 @@ def error_outcome(exc: BaseException, stage: str = "") -> dict[str, Any]:
     return {"ok": False, "error": {"ename": type(exc).__name__, "evalue": evalue, "traceback": tb}}
 
 
+def refused_outcome(exc: BaseException, header: dict[str, Any]) -> dict[str, Any]:
+    """An error outcome; UnmetDependency in a load-balanced task says "not on this engine"
+    (ipyparallel's meaning): the task goes back to the scheduler (schedulers/retry.py)."""
+    outcome = error_outcome(exc)
+    if header.get("lb") and isinstance(exc, UnmetDependency):
+        outcome["unmet"] = True
+    return outcome
+
+
 class DependError(Exception):
     """A task's depend function raised."""
 
@@ -237,23 +247,29 @@ def run_command(state: EngineState, header: dict[str, Any], payload: bytes, cap:
         refusal = check_task(state, header, request)
         if refusal is not None:
             return refusal
+    binder: Binder | None = None
     if mentions_engine_side(payload):
-        # References and @interactive functions (see binding). Bound before clear_before,
-        # so a Reference reads the namespace the task found.
+        # References, @interactive functions and dependents (see binding). Bound before
+        # clear_before, so a Reference reads the namespace the task found.
         try:
-            request, _ = bind_request(kind, request, state.namespace)
+            request, binder = bind_request(kind, request, state.namespace)
         except Exception as exc:
-            return error_outcome(exc)
+            refusal = refused_outcome(exc, header)
+            if isinstance(exc, UnmetDependency):
+                refusal["error"]["traceback"] = ""  # a condition's verdict: its message says it all
+            return refusal
     if header.get("clear_before"):
         state.reset()
     out, err = CappedWriter(cap), CappedWriter(cap)
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = out, err
     try:
+        if binder is not None and header.get("clear_before"):
+            binder.recheck()  # @require's imports, into the fresh namespace
         value = command(state, request)
         outcome: dict[str, Any] = {"ok": True}
     except BaseException as exc:  # user code may raise SystemExit or KeyboardInterrupt too
-        outcome = error_outcome(exc)
+        outcome = refused_outcome(exc, header)
         value = None
     finally:
         sys.stdout, sys.stderr = saved

@@ -1,4 +1,5 @@
-"""Functions that see the engine, against real engines: Reference and @interactive.
+"""Functions that see the engine, against real engines: Reference, @interactive, @depend and
+@require.
 
 Each test has its own cluster (a scheduler and two engines); this module's functions travel
 by value (see the end), so engines never import the test suite.
@@ -6,18 +7,22 @@ by value (see the end), so engines never import the test suite.
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import cloudpickle
 import pytest
 
-from enginefarm import Client, MapTask, Reference, RemoteError, interactive
+from enginefarm import (Client, ImpossibleDependency, MapTask, Reference, RemoteError, UnmetDependency, depend,
+                        interactive, require)
 
 from ..harness import Cluster, Daemon, wait_for
 from . import farm_tasks as ft
 
 TIMEOUT_S = 60
+MISSING = "enginefarm_no_such_module_xyz"
 
 
 @pytest.fixture
@@ -125,6 +130,169 @@ def test_pushed_interactive_function_sees_the_namespace_from_executed_code(clien
     view.push({"factor": 4})
     view.execute("r = scale(5)")
     assert view.pull("r") == 20
+
+
+
+# --- @depend and @require -----------------------------------------------------------------
+@pytest.fixture
+def zones(cluster: Cluster) -> list[Daemon]:
+    """A scheduler, engine 0 in zone 'a' and engine 1 in zone 'b' (an environment variable:
+    something only the engine itself can tell)."""
+    cluster.start_scheduler()
+    daemons = [cluster.start_engine(env_extra={"EF_ZONE": zone}) for zone in ("a", "b")]
+    assert [d.engine_id for d in daemons] == [0, 1]
+    wait_for(lambda: ft.work_queue_consumers(cluster.settings) == 2, TIMEOUT_S, "both engines consuming")
+    return daemons
+
+
+def in_zone(zone: str) -> bool:
+    import os
+
+    return os.environ.get("EF_ZONE") == zone
+
+
+def my_zone(tag: object = None) -> Any:
+    import os
+
+    return os.environ.get("EF_ZONE") if tag is None else (os.environ.get("EF_ZONE"), tag)
+
+
+def engines_of(results: list[Any]) -> list[int]:
+    return [r.metadata["engine_id"] for r in results]
+
+
+def test_depend_runs_tasks_only_where_the_condition_holds(client: Client, zones: list[Daemon]) -> None:
+    # Given a function that depends on being in zone 'b'
+    where = depend(in_zone, "b")(my_zone)
+    lview = client.load_balanced_view()
+    # When several calls and a map go out load-balanced
+    results = [lview.apply(where, i, block=False) for i in range(4)]
+    mapped = lview.map(where, range(6), block=True)
+    # Then each ran on engine 1, whichever engine took it first
+    assert [r.get(timeout=TIMEOUT_S) for r in results] == [("b", i) for i in range(4)]
+    assert engines_of(results) == [1, 1, 1, 1]
+    assert mapped == [("b", i) for i in range(6)]
+
+
+def test_depend_false_everywhere_fails_with_impossible_dependency(client: Client, zones: list[Daemon]) -> None:
+    ar = client.load_balanced_view().apply(depend(in_zone, "c")(my_zone), block=False)
+    with pytest.raises(ImpossibleDependency) as info:
+        ar.get(timeout=TIMEOUT_S)
+    assert info.value.ename == "ImpossibleDependency"
+    assert "in_zone('c') is false on this engine (every live engine refused the task)" == info.value.evalue
+    # Both engines were asked: one handed it back, the other recorded the failure.
+    record = client.records.get(ar.task_ids[0])
+    assert record is not None and len(record.unmet) == 1 and {*record.unmet, record.engine_id} == {0, 1}
+
+
+def test_depend_on_a_direct_view_fails_where_unmet(client: Client, zones: list[Daemon]) -> None:
+    ar = client.direct_view().apply(depend(in_zone, "b")(my_zone), block=False)
+    refused, ran = ar.get(timeout=TIMEOUT_S, return_exceptions=True)
+    assert isinstance(refused, RemoteError) and refused.ename == "UnmetDependency" and refused.engine_id == 0
+    assert ran == "b"
+
+
+def test_unmet_dependency_raised_by_the_task_sends_it_elsewhere(client: Client, zones: list[Daemon]) -> None:
+    def only_in_b() -> str:
+        import os
+
+        from enginefarm import UnmetDependency
+
+        if os.environ.get("EF_ZONE") != "b":
+            raise UnmetDependency("zone b only")
+        return "ran in b"
+
+    lview = client.load_balanced_view()
+    assert [lview.apply(only_in_b, block=True) for _ in range(3)] == ["ran in b"] * 3
+    assert UnmetDependency.__module__ == "enginefarm.errors"
+
+
+def zone_noted(zone: str, path: str) -> bool:
+    """``in_zone``, noting in ``path`` each engine that evaluated it."""
+    import os
+
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(os.environ.get("EF_ZONE", "") + "\n")
+    return os.environ.get("EF_ZONE") == zone
+
+
+def test_depend_and_the_property_depend_both_hold(client: Client, zones: list[Daemon], tmp_path: Path) -> None:
+    # Given both engines with gpu=no, and a task that needs gpu=yes (properties) and zone b
+    noted = tmp_path / "evaluated"
+    client.direct_view().set_properties({"gpu": "no"})
+    task = MapTask(depend(zone_noted, "b", str(noted))(my_zone), ("t",),
+                   depend=lambda props: props.get("gpu") == "yes")
+    task_id = client.submit(task)
+    # Then it waits, as a property depend does (properties can change); the engines refused
+    # it on their properties before looking at its zone
+    wait_for(lambda: getattr(client.records.get(task_id), "waiting", ""), TIMEOUT_S, "the task to wait")
+    assert client.records.get(task_id).status == "pending"  # type: ignore[union-attr]
+    assert not noted.exists()
+    # When engine 0 gets the gpu, its zone refuses the task; the task still waits, since
+    # engine 1 refused it for properties it may yet change
+    client[0].set_properties({"gpu": "yes"})
+    wait_for(lambda: noted.exists() and "a" in noted.read_text().split(), TIMEOUT_S, "engine 0 to look at the zone")
+    wait_for(lambda: getattr(client.records.get(task_id), "waiting", ""), TIMEOUT_S, "the task to wait again")
+    assert client.records.get(task_id).status == "pending"  # type: ignore[union-attr]
+    # When engine 1 gets the gpu too, the task runs there
+    client[1].set_properties({"gpu": "yes"})
+    result = client.get_task_result(task_id, block=True, timeout=TIMEOUT_S)
+    assert result is not None and result.result == ("b", "t") and result.engineid == 1
+    assert noted.read_text().split()[-1] == "b"
+
+
+@interactive
+def hue_of_red(helper_arg: int) -> Any:
+    """Uses a module and a function that @require put in the namespace."""
+    return colorsys.rgb_to_hsv(1.0, 0.0, 0.0)[0], bump(helper_arg)  # type: ignore[name-defined]  # noqa: F821
+
+
+def bump(x: int) -> int:
+    return x + 1
+
+
+def test_require_imports_modules_and_pushes_functions_first(client: Client, engines: list[Daemon]) -> None:
+    needs = require("colorsys", bump)(hue_of_red)
+    assert client.direct_view().apply(needs, 1, block=True) == [(0.0, 2), (0.0, 2)]
+    assert client.load_balanced_view().apply(needs, 2, block=True) == (0.0, 3)
+    assert task_value(client, MapTask(needs, (3,))) == (0.0, 4)
+    assert all({"colorsys", "bump"} <= set(keys) for keys in client.direct_view().keys())
+
+
+def test_require_sends_tasks_to_the_engine_that_has_the_module(cluster: Cluster, client: Client,
+                                                              tmp_path: Path) -> None:
+    # Given a module that only engine 1 can import
+    only_here = tmp_path / "only_on_engine_1"
+    only_here.mkdir()
+    (only_here / "ef_only_here.py").write_text("ANSWER = 42\n")
+    path = os.pathsep.join(p for p in (str(only_here), os.environ.get("PYTHONPATH", "")) if p)
+    cluster.start_scheduler()
+    cluster.start_engine()
+    cluster.start_engine(env_extra={"PYTHONPATH": path})
+    wait_for(lambda: ft.work_queue_consumers(cluster.settings) == 2, TIMEOUT_S, "both engines consuming")
+
+    @require("ef_only_here")
+    @interactive
+    def answer(i: int) -> tuple[int, int]:
+        return ef_only_here.ANSWER, i  # type: ignore[name-defined]  # noqa: F821
+
+    # When tasks that require it go out load-balanced
+    lview = client.load_balanced_view()
+    results = [lview.apply(answer, i, block=False) for i in range(4)]
+    # Then they all ran on engine 1
+    assert [r.get(timeout=TIMEOUT_S) for r in results] == [(42, i) for i in range(4)]
+    assert engines_of(results) == [1, 1, 1, 1]
+
+
+def test_require_a_module_no_engine_has_fails_with_impossible_dependency(client: Client,
+                                                                          engines: list[Daemon]) -> None:
+    result = client.get_task_result(client.submit(MapTask(require(MISSING)(echo), (1,))), block=True,
+                                    timeout=TIMEOUT_S)
+    assert result is not None and isinstance(result.failure, ImpossibleDependency)
+    assert f"cannot import {MISSING!r}" in result.failure.evalue
+    with pytest.raises(RemoteError) as direct:
+        client[0].apply(require(MISSING)(echo), block=True)
+    assert direct.value.ename == "UnmetDependency"
 
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
