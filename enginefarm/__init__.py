@@ -42,6 +42,10 @@ _EXPORTS = {
     "depend": "enginefarm.dependency",
     "dependent": "enginefarm.dependency",
     "require": "enginefarm.dependency",
+    "remote": "enginefarm.client.remotefunction",
+    "parallel": "enginefarm.client.remotefunction",
+    "RemoteFunction": "enginefarm.client.remotefunction",
+    "ParallelFunction": "enginefarm.client.remotefunction",
 }
 
 # Modules under the names ipyparallel users import (``from enginefarm import error``).

@@ -1,5 +1,5 @@
-"""Functions that see the engine, against real engines: Reference, @interactive, @depend and
-@require.
+"""Functions that see the engine, against real engines: Reference, @interactive, @depend,
+@require, @remote and @parallel.
 
 Each test has its own cluster (a scheduler and two engines); this module's functions travel
 by value (see the end), so engines never import the test suite.
@@ -15,8 +15,9 @@ from typing import Any
 import cloudpickle
 import pytest
 
-from enginefarm import (Client, ImpossibleDependency, MapTask, Reference, RemoteError, UnmetDependency, depend,
-                        interactive, require)
+from enginefarm import (AsyncResult, Client, ImpossibleDependency, MapTask, ParallelFunction, Reference,
+                        RemoteError, RemoteFunction, UnmetDependency, depend, interactive, parallel, remote,
+                        require)
 
 from ..harness import Cluster, Daemon, wait_for
 from . import farm_tasks as ft
@@ -293,6 +294,106 @@ def test_require_a_module_no_engine_has_fails_with_impossible_dependency(client:
     with pytest.raises(RemoteError) as direct:
         client[0].apply(require(MISSING)(echo), block=True)
     assert direct.value.ename == "UnmetDependency"
+
+
+
+# --- @remote and @parallel ----------------------------------------------------------------
+def test_remote_calls_apply_on_a_direct_view(client: Client, engines: list[Daemon]) -> None:
+    # Given a function made remote on all engines
+    @remote(client.direct_view(), block=True)
+    def foo(x: int, y: int = 5) -> int:
+        """multiply x * y"""
+        return x * y
+
+    # Then calling it runs it on each engine, with positional and keyword arguments
+    assert isinstance(foo, RemoteFunction) and foo.__name__ == "foo"
+    assert foo.__doc__ is not None and "RemoteFunction" in foo.__doc__ and "multiply x" in foo.__doc__
+    assert foo(5) == [25, 25] and foo(2, 3) == [6, 6] and foo(x=5, y=2) == [10, 10]
+    # On one engine it returns the bare value; a targets flag picks the engine
+    assert remote(client[1], block=True)(foo.func)(3) == 15
+    ar = remote(client.direct_view(), block=False, targets=[1])(foo.func)(4)
+    assert isinstance(ar, AsyncResult) and ar.get(timeout=TIMEOUT_S) == [20]
+
+
+def test_remote_on_a_load_balanced_view_takes_task_options(client: Client, engines: list[Daemon],
+                                                           tmp_path: Path) -> None:
+    # Given a function that fails the first time it runs, made remote with retries=1
+    def flaky(marker: str) -> str:
+        import os
+
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            raise RuntimeError("first run fails")
+        return "second run"
+
+    again = remote(client.load_balanced_view(), block=True, retries=1)(flaky)
+    # Then the retry the option asked for makes it succeed
+    assert again(str(tmp_path / "ran-once")) == "second run"
+
+
+@interactive
+def tag_part(part: list[int]) -> list[tuple[int, int]]:
+    """Each item of the part with the id of the engine it ran on (pushed as ``me``)."""
+    return [(me, x) for x in part]  # type: ignore[name-defined]  # noqa: F821
+
+
+def push_ids(client: Client) -> None:
+    for engine_id in client.ids:
+        client[engine_id].push({"me": engine_id})
+
+
+def test_parallel_gives_each_target_one_part(client: Client, engines: list[Daemon]) -> None:
+    push_ids(client)
+    dv = client.direct_view()
+
+    @parallel(dv, block=True)
+    def foo(x: list[int]) -> list[int]:
+        """multiply x * 2"""
+        return x * 2
+
+    assert isinstance(foo, ParallelFunction) and "ParallelFunction" in (foo.__doc__ or "")
+    # The function gets its part (a list times two repeats the list)
+    assert foo([1, 2, 3, 4]) == [1, 2, 1, 2, 3, 4, 3, 4]
+    # Contiguous parts: the first len % n engines get one item more
+    assert parallel(dv, block=True)(tag_part)(range(5)) == [(0, 0), (0, 1), (0, 2), (1, 3), (1, 4)]
+    # Round robin: every n-th item, joined back in item order
+    assert parallel(dv, dist="r", block=True)(tag_part)(list(range(5))) == [(0, 0), (1, 1), (0, 2), (1, 3), (0, 4)]
+    # Several sequences are split alike; without blocking, get() joins the parts
+    ar = parallel(dv, block=False)(lambda a, b: [x + y for x, y in zip(a, b)])([1, 2, 3], [10, 20, 30])
+    assert ar.get(timeout=TIMEOUT_S) == [11, 22, 33]
+    with pytest.raises(ValueError, match="same length"):
+        foo([1, 2], [1])
+    assert foo([]) == []
+
+
+def test_parallel_map_calls_the_function_on_each_item(client: Client, engines: list[Daemon]) -> None:
+    push_ids(client)
+
+    @parallel(client.direct_view(), block=True)
+    @interactive
+    def tag(x: int) -> tuple[int, int]:
+        return me, x  # type: ignore[name-defined]  # noqa: F821
+
+    assert tag.map(range(5)) == [(0, 0), (0, 1), (0, 2), (1, 3), (1, 4)]
+    assert parallel(client.direct_view(), block=True)(lambda x, y: x * y).map([1, 2, 3], [1, 2, 3]) == [1, 4, 9]
+
+
+def test_parallel_on_a_load_balanced_view_chunks_and_maps(client: Client, engines: list[Daemon]) -> None:
+    lview = client.load_balanced_view()
+
+    def sizes(part: list[int]) -> list[int]:
+        return [len(part)]
+
+    # One task per item by default, per chunksize items when asked
+    assert parallel(lview, block=True)(sizes)(range(3)) == [1, 1, 1]
+    assert ParallelFunction(lview, sizes, chunksize=2, block=True)(range(5)) == [2, 2, 1]
+
+    @parallel(lview, block=True)
+    def foo(x: int, y: int = 5) -> int:
+        return x * y
+
+    assert foo.map([1, 2, 3]) == [5, 10, 15]
+    assert foo.map([1, 2, 3], [1, 2, 3]) == [1, 4, 9]
 
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
