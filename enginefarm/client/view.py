@@ -20,6 +20,7 @@ from .asyncresult import AsyncJoinedResult, AsyncMapResult, AsyncResult, LocalRe
 
 if TYPE_CHECKING:
     from .client import Client, Targets
+    from .syncimports import SyncImports
 
 _UNSET: Any = object()
 
@@ -320,6 +321,12 @@ class DirectView:
 
     def get_ids(self) -> list[int]:
         return self.client.ids
+
+    def sync_imports(self, local: bool = True, quiet: bool = False) -> SyncImports:
+        """``with view.sync_imports():`` imports in the block happen here and on the targets."""
+        from .syncimports import SyncImports
+
+        return SyncImports(self, local, quiet)
 
 
 def _what(namespace: dict[str, Any]) -> str:

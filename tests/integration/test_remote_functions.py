@@ -1,5 +1,5 @@
 """Functions that see the engine, against real engines: Reference, @interactive, @depend,
-@require, @remote and @parallel.
+@require, @remote, @parallel and sync_imports.
 
 Each test has its own cluster (a scheduler and two engines); this module's functions travel
 by value (see the end), so engines never import the test suite.
@@ -15,7 +15,7 @@ from typing import Any
 import cloudpickle
 import pytest
 
-from enginefarm import (AsyncResult, Client, ImpossibleDependency, MapTask, ParallelFunction, Reference,
+from enginefarm import (AsyncResult, Client, CompositeError, ImpossibleDependency, MapTask, ParallelFunction, Reference,
                         RemoteError, RemoteFunction, UnmetDependency, depend, interactive, parallel, remote,
                         require)
 
@@ -394,6 +394,56 @@ def test_parallel_on_a_load_balanced_view_chunks_and_maps(client: Client, engine
 
     assert foo.map([1, 2, 3]) == [5, 10, 15]
     assert foo.map([1, 2, 3], [1, 2, 3]) == [1, 4, 9]
+
+
+
+# --- sync_imports -------------------------------------------------------------------------
+@interactive
+def user_names() -> list[str]:
+    return sorted(k for k in globals() if not k.startswith("__"))
+
+
+def test_sync_imports_imports_here_and_on_every_engine(client: Client, engines: list[Daemon],
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    dv = client.direct_view()
+    # When modules are imported inside the block
+    with dv.sync_imports():
+        import colorsys
+        import xml.dom.minidom as minidom
+        from json import dumps
+    # Then they are imported here as usual
+    assert colorsys.__name__ == "colorsys" and dumps([1]) == "[1]" and minidom.__name__ == "xml.dom.minidom"
+    # And on each engine exactly the block's own imports were made (not the ones they make)
+    assert dv.apply(user_names, block=True) == [["colorsys", "dumps", "xml"]] * 2
+    assert capsys.readouterr().out.splitlines() == [
+        "importing colorsys on engine(s)",
+        "importing xml.dom.minidom on engine(s)",
+        "importing dumps from json on engine(s)",
+    ]
+
+
+def test_sync_imports_quiet_and_on_one_target(client: Client, engines: list[Daemon],
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    with client[1].sync_imports(quiet=True):
+        import colorsys  # noqa: F401
+    assert capsys.readouterr().out == ""
+    assert client.direct_view().apply(user_names, block=True) == [[], ["colorsys"]]
+
+
+def test_sync_imports_raises_what_an_engine_cannot_import(client: Client, engines: list[Daemon], tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a module only this process can import
+    (tmp_path / "ef_client_only.py").write_text("HERE = True\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    # When it is imported in the block, the engines' failures surface when it ends
+    try:
+        with pytest.raises(CompositeError) as info:
+            with client.direct_view().sync_imports(quiet=True):
+                import ef_client_only  # noqa: F401
+        assert [e.ename for e in info.value.errors] == ["ModuleNotFoundError", "ModuleNotFoundError"]
+        assert "ef_client_only" in sys.modules  # the local import happened
+    finally:
+        sys.modules.pop("ef_client_only", None)
 
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
