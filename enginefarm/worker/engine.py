@@ -509,7 +509,7 @@ class Engine:
             record = self.records.get(task_id)
             # A record that does not decode cannot say how often it was lost: give up on it.
             losses = len(record.lost_on) if record is not None and not record.invalid else self.settings.max_engine_losses
-        untried = self._untried(task_id) if outcome.unmet and retry.counts_refusals(ename, header.depend) else None
+        untried = self._untried(task_id, header) if outcome.unmet and retry.counts_refusals(ename, header.depend) else None
         decision = retry.after_outcome(header.lb, outcome.ok, outcome.unmet, ename, attempt, header.retries,
                                        losses, self.settings.max_engine_losses, untried)
         if not decision.requeue:
@@ -525,12 +525,16 @@ class Engine:
         self.metrics.retries.labels(decision.reason).inc()
         return self.records.requeue(task_id, self.engine_id, decision.listed_as, decision.attempts_delta, fields)
 
-    def _untried(self, task_id: str) -> int:
-        """Live engines other than this one that have not refused the task (its record's
-        unmet list); a record that does not decode counts nobody as having refused."""
+    def _untried(self, task_id: str, header: TaskHeader) -> int:
+        """Live engines the task may run on (its targets), other than this one, that have not
+        refused it (its record's unmet list); a record that does not decode counts nobody as
+        having refused."""
         record = self.records.get(task_id)
         refused = set(record.unmet) if record is not None and not record.invalid else set()
-        return len(set(self.registry.live_ids()) - refused - {self.engine_id})
+        allowed = set(self.registry.live_ids())
+        if header.targets is not None:
+            allowed &= set(header.targets)
+        return len(allowed - refused - {self.engine_id})
 
     def _outcome_fields(self, task_id: str, outcome: Outcome) -> tuple[str, dict[str, Any]]:
         """The final status and the record fields of an outcome."""

@@ -186,6 +186,16 @@ def test_depend_false_everywhere_fails_with_impossible_dependency(client: Client
     assert record is not None and len(record.unmet) == 1 and {*record.unmet, record.engine_id} == {0, 1}
 
 
+def test_depend_false_on_every_target_of_a_view_fails(client: Client, zones: list[Daemon]) -> None:
+    # Given a view whose tasks may only run on engine 0, where the condition is false
+    ar = client.load_balanced_view(targets=[0]).apply(depend(in_zone, "b")(my_zone), block=False)
+    # Then engine 0's refusal is final: engine 1 is not one of the task's engines
+    with pytest.raises(ImpossibleDependency):
+        ar.get(timeout=TIMEOUT_S)
+    record = client.records.get(ar.task_ids[0])
+    assert record is not None and record.engine_id == 0 and record.unmet == ()
+
+
 def test_depend_on_a_direct_view_fails_where_unmet(client: Client, zones: list[Daemon]) -> None:
     ar = client.direct_view().apply(depend(in_zone, "b")(my_zone), block=False)
     refused, ran = ar.get(timeout=TIMEOUT_S, return_exceptions=True)
