@@ -323,6 +323,13 @@ def test_remote_calls_apply_on_a_direct_view(client: Client, engines: list[Daemo
     assert remote(client[1], block=True)(foo.func)(3) == 15
     ar = remote(client.direct_view(), block=False, targets=[1])(foo.func)(4)
     assert isinstance(ar, AsyncResult) and ar.get(timeout=TIMEOUT_S) == [20]
+    # Flags a view does not take, and unknown distributions, fail before anything is sent
+    with pytest.raises(KeyError, match="retries"):
+        remote(client.direct_view(), retries=1)(foo.func)
+    with pytest.raises(KeyError, match="colour"):
+        remote(client.load_balanced_view(), colour="red")(foo.func)
+    with pytest.raises(ValueError, match="dist"):
+        parallel(client.direct_view(), dist="x")(foo.func)
 
 
 def test_remote_on_a_load_balanced_view_takes_task_options(client: Client, engines: list[Daemon],
