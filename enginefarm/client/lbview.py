@@ -12,6 +12,7 @@ from .asyncresult import AsyncMapResult, AsyncResult
 from .tasks import MapTask
 
 if TYPE_CHECKING:
+    from .remotefunction import ParallelFunction, RemoteFunction
     from .client import Client
 
 # Automatic chunking aims at this many chunks per engine: enough to balance uneven items,
@@ -82,6 +83,19 @@ class LoadBalancedView:
         task_ids = self.client._submit_tasks(tasks, confirm=not blocking)
         self.history.extend(task_ids)
         return task_ids
+
+    def remote(self, block: bool | None = None, **flags: Any) -> Callable[[Callable[..., Any]], RemoteFunction]:
+        """``@view.remote(block=True)``: calling the function runs it through this view."""
+        from .remotefunction import remote
+
+        return remote(self, block, **flags)
+
+    def parallel(self, dist: str = "b", block: bool | None = None,
+                 **flags: Any) -> Callable[[Callable[..., Any]], ParallelFunction]:
+        """``@view.parallel(block=True)``: calling the function runs it on parts of its sequences."""
+        from .remotefunction import parallel
+
+        return parallel(self, dist, block, **flags)
 
     @contextlib.contextmanager
     def temp_flags(self, **flags: Any) -> Iterator[None]:

@@ -19,6 +19,7 @@ from . import partition
 from .asyncresult import AsyncJoinedResult, AsyncMapResult, AsyncResult, LocalResult
 
 if TYPE_CHECKING:
+    from .remotefunction import ParallelFunction, RemoteFunction
     from .client import Client, Targets
     from .syncimports import SyncImports
 
@@ -321,6 +322,19 @@ class DirectView:
 
     def get_ids(self) -> list[int]:
         return self.client.ids
+
+    def remote(self, block: bool | None = None, **flags: Any) -> Callable[[Callable[..., Any]], RemoteFunction]:
+        """``@view.remote(block=True)``: calling the function runs it through this view."""
+        from .remotefunction import remote
+
+        return remote(self, block, **flags)
+
+    def parallel(self, dist: str = "b", block: bool | None = None,
+                 **flags: Any) -> Callable[[Callable[..., Any]], ParallelFunction]:
+        """``@view.parallel(block=True)``: calling the function runs it on parts of its sequences."""
+        from .remotefunction import parallel
+
+        return parallel(self, dist, block, **flags)
 
     def sync_imports(self, local: bool = True, quiet: bool = False) -> SyncImports:
         """``with view.sync_imports():`` imports in the block happen here and on the targets."""

@@ -413,6 +413,30 @@ def test_parallel_on_a_load_balanced_view_chunks_and_maps(client: Client, engine
     assert foo.map([1, 2, 3], [1, 2, 3]) == [1, 4, 9]
 
 
+def test_views_make_remote_and_parallel_functions_as_ipyparallel_writes_them(client: Client,
+                                                                           engines: list[Daemon]) -> None:
+    dview, lview = client.direct_view(), client.load_balanced_view()
+
+    @dview.remote(block=True)
+    def twice(x: int) -> int:
+        return 2 * x
+
+    @dview.parallel(block=True)
+    def lengths(part: list[int]) -> list[int]:
+        return [len(part)]
+
+    @lview.remote(block=True)
+    def thrice(x: int) -> int:
+        return 3 * x
+
+    @lview.parallel(block=True)
+    def squares(part: list[int]) -> list[int]:
+        return [x * x for x in part]
+
+    assert twice(4) == [8, 8] and lengths(range(5)) == [3, 2]
+    assert thrice(4) == 12 and squares(range(4)) == [0, 1, 4, 9]
+
+
 
 # --- sync_imports -------------------------------------------------------------------------
 @interactive
