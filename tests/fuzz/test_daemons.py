@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pika
 import pytest
 from hypothesis import HealthCheck, Phase, assume, currently_in_test_context, given, note, settings
 from hypothesis import strategies as st
@@ -35,7 +34,7 @@ from enginefarm.protocol import MAGIC, new_id, peek_task_id, seal
 from enginefarm.store.records import NewTask
 from enginefarm.task import open_task
 
-from ..harness import Cluster, Daemon, wait_for
+from ..harness import Amqp, Cluster, Daemon, wait_for
 from .strategies import (
     HEADER_FIELDS,
     MAX_NESTING,
@@ -130,17 +129,8 @@ unsigned_poison = st.builds(
 
 
 # --- plumbing ------------------------------------------------------------------------------
-class Broker:
-    """A plain pika connection with publisher confirms, as anyone with broker access has."""
-
-    def __init__(self, url: str) -> None:
-        self.connection = pika.BlockingConnection(pika.URLParameters(url))
-        self.channel = self.connection.channel()
-        self.channel.confirm_delivery()
-
-    def publish(self, exchange: str, routing_key: str, body: bytes) -> None:
-        self.channel.basic_publish(exchange, routing_key, body, pika.BasicProperties(delivery_mode=2),
-                                   mandatory=True)
+class Broker(Amqp):
+    """The harness's plain pika connection, with what the fuzz tests read of queues."""
 
     def depth(self, queue: str) -> int:
         return int(self.channel.queue_declare(queue, passive=True).method.message_count)
@@ -154,10 +144,6 @@ class Broker:
                 return taken
             assert props is not None and body is not None
             taken.append((dict(props.headers or {}), body))
-
-    def close(self) -> None:
-        if self.connection.is_open:
-            self.connection.close()
 
 
 @dataclass
