@@ -94,7 +94,7 @@ def _int(name: str, value: object, low: int, high: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise DecodeError(name, f"must be an integer, not {_show(value)}")
     if not low <= value <= high:
-        raise DecodeError(name, f"{value} is out of range [{low}, {high}]")
+        raise DecodeError(name, f"{_show(value)} is out of range [{low}, {high}]")
     return value
 
 
