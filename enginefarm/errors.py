@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+from concurrent import futures
 from typing import Any
 
 
@@ -73,7 +74,12 @@ class NoEnginesRegistered(SchedulingError):
     """targets='all' was asked for while no engine is registered."""
 
 
-class TimeoutError(EnginefarmError, builtins.TimeoutError):
+# Python 3.10's concurrent.futures.TimeoutError is a class of its own (3.11 made it the
+# builtin's alias): ours is both, so code written for futures catches it either way.
+_TIMEOUT_BASES = tuple(dict.fromkeys([builtins.TimeoutError, futures.TimeoutError]))
+
+
+class TimeoutError(EnginefarmError, *_TIMEOUT_BASES):  # type: ignore[misc]
     """A wait ran out before the results were ready."""
 
 

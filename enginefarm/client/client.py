@@ -6,7 +6,9 @@ A Client is meant for one thread (like ipyparallel's). It connects lazily on fir
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from concurrent import futures
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, cast
 
@@ -23,6 +25,7 @@ from ..task import Kind, TaskHeader, with_datetimes
 from ..store import Stores, TaskRecord
 from ..store.records import ABORTED, COMPLETED, PENDING, NewTask, error_fields
 from .asyncresult import AsyncResult, Metadata, MetadataStore
+from .collector import Collector
 from .farming import TaskFarming
 from .hub import HubMethods, Jobs
 from .signals import signal_number
@@ -60,9 +63,6 @@ class Client(TaskFarming, HubMethods):
         self.results: dict[str, Any] = {}
         self._metadata = MetadataStore(metadata_of)
         self._connected = False
-        self._last_sweep = 0.0
-        self._arrived: list[str] = []  # ids absorbed since a wait last looked
-        self._last_arrival = 0.0
         self._ids_cache: tuple[float, list[int]] | None = None
 
     # --- connections ----------------------------------------------------------------
@@ -80,12 +80,12 @@ class Client(TaskFarming, HubMethods):
             on_open=lambda channel: declare_cluster(channel, self.names),
             reconnect_window_s=s.reconnect_window_s,
         )
-        self.reaper = Reaper(
-            self.registry, self.records, self.publisher.link, self.names, s.engine_timeout_s, s.max_engine_losses
-        )
         self._connected = True
+        # pika's connection belongs to the thread that opened it.
+        self._home = threading.get_ident()
+        self.collector = Collector(self)
 
-    _LAZY = frozenset({"ring", "registry", "records", "history_store", "publisher", "reaper"})
+    _LAZY = frozenset({"ring", "registry", "records", "history_store", "publisher", "collector"})
 
     def __getattr__(self, name: str) -> Any:
         # Connections open on first use, whichever part of the client asks first.
@@ -103,6 +103,7 @@ class Client(TaskFarming, HubMethods):
                     log.warning("closing with %d messages the broker never confirmed", left)
             except BrokerError as exc:
                 log.warning("closing without the broker's last confirms: %s", exc)
+            self.collector.stop()
             self.publisher.close()
             self.registry.redis.close()
             self._connected = False
@@ -330,88 +331,84 @@ class Client(TaskFarming, HubMethods):
         self.records.fail(task.task_id, error, allowed=(PENDING,))
 
     # --- results --------------------------------------------------------------------
-    def wait(self, jobs: Jobs = None, timeout: float = -1, any_of: bool = False) -> bool:
+    def wait(self, jobs: Jobs = None, timeout: float = -1, any_of: bool = False,
+             return_when: str | None = None) -> bool:
         """Wait until the given task ids (default: all outstanding) have finished.
 
+        ``return_when`` is one of ``concurrent.futures``' constants: ALL_COMPLETED (the
+        default), FIRST_COMPLETED (as ``any_of``) or FIRST_EXCEPTION (until one fails or
+        all finished).
+
         Returns:
-            True when all (with ``any_of``: any) finished, False when ``timeout`` seconds
-            (negative: no limit) ran out.
+            True when the condition holds, False when ``timeout`` seconds (negative or None:
+            no limit) ran out first.
         """
         self._connect()
-        wanted = list(self.outstanding) if jobs is None else self.task_ids_of(jobs)
+        wanted = set(self.outstanding if jobs is None else self.task_ids_of(jobs))
+        any_of = any_of or return_when == futures.FIRST_COMPLETED
+        first_error = return_when == futures.FIRST_EXCEPTION
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
-        poll_s, outage_s = 0.02, 0.1
-        # Shrinks as results arrive, so a wait on many tasks costs in proportion to them.
-        self._arrived.clear()
-        missing = {t for t in wanted if t not in self.results}
-        checked = time.monotonic()
-
-        def finished() -> bool:
-            nonlocal checked
-            missing.difference_update(self._arrived)
-            self._arrived.clear()
-            if missing and (len(missing) < 64 or time.monotonic() - checked > 0.5):
-                # Results can also arrive by other paths (a failed send, another wait).
-                missing.difference_update([t for t in missing if t in self.results])
-                checked = time.monotonic()
-            return not missing or (any_of and len(missing) < len(set(wanted)))
-
-        while not finished():
-            ours = missing <= self.outstanding
-            remaining = None if deadline is None else deadline - time.monotonic()
-            try:
-                if remaining is not None and remaining <= 0:
-                    self._absorb_inbox(self.records.pop_inbox(self.client_id, 0.0) if ours else [])
-                    self._absorb_finished(sorted(t for t in missing if t not in self.results))
-                    checked = 0.0
-                    return finished()
-                self.publisher.pump()
-                step = 1.0 if ours else poll_s
-                step = step if remaining is None else min(step, max(remaining, 0.0))
-                if ours:
-                    popped = self.records.pop_inbox(self.client_id, step)
-                    self._absorb_inbox(popped)
-                    if len(popped) < 32 and len(missing) > 64:
-                        # Results trickle in one by one: let a few gather rather than make a
-                        # round trip for each (a long wait gains throughput, a short one no delay).
-                        time.sleep(0.002)
-                else:
-                    time.sleep(step)
+        collector = self.collector
+        if collector.on_thread:
+            raise RuntimeError("a done-callback cannot wait for results: it runs on the client's result "
+                               "thread, which takes them in (wait in your own thread instead)")
+        with collector.lock:
+            missing = {t for t in wanted if t not in self.results}
+        foreign = missing - self.outstanding
+        poll_s, next_poll = 0.02, 0.0
+        collector.watching(missing)
+        try:
+            while True:
+                if foreign and time.monotonic() >= next_poll:
+                    # Other clients' tasks (and ours taken in before, then forgotten) never
+                    # reach our inbox: read their statuses.
+                    foreign &= missing
+                    try:
+                        self._absorb_finished(sorted(foreign))
+                    except StoreError as exc:
+                        log.warning("waiting for Redis: %s", exc)
+                    next_poll = time.monotonic() + poll_s
                     poll_s = min(poll_s * 2, 0.5)
-                self._sweep(missing, ours)
-                outage_s = 0.1
-            except StoreError as exc:
-                # Redis restarting or paused: keep waiting; statuses are read again after.
-                log.warning("waiting for Redis: %s", exc)
-                if remaining is not None and remaining <= 0:
-                    return finished()
-                self.reaper.observe(False)
-                self._last_sweep = 0.0
-                time.sleep(outage_s if remaining is None else min(outage_s, max(remaining, 0.0)))
-                outage_s = min(outage_s * 2, 2.0)
-        return True
+                # Confirms and returns are read on this thread (the broker connection's).
+                confirming = self._pump()
+                with collector.lock:
+                    if (not missing or (any_of and len(missing) < len(wanted))
+                            or (first_error and any(isinstance(self.results.get(t), BaseException)
+                                                    for t in wanted - missing))):
+                        return True
+                    now = time.monotonic()
+                    remaining = None if deadline is None else deadline - now
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    step = 0.2 if remaining is None else min(0.2, remaining)
+                    if foreign:
+                        step = max(min(step, next_poll - now), 0.0)
+                    if not confirming and step > 0:
+                        # Checked and waited under one hold of the lock: no arrival slips between.
+                        collector.arrived.wait(step)
+                if confirming:
+                    self._pump(min(step, 0.05))
+        finally:
+            collector.unwatch(missing)
+
+    def _pump(self, wait_s: float = 0.0) -> int:
+        """Take in the broker's confirms and returns, on the thread that owns its connection
+        (elsewhere: nothing to do, that thread takes them); returns how many are awaited."""
+        if threading.get_ident() != self._home:
+            return 0
+        return self.publisher.pump(wait_s=wait_s)
+
+    def wait_interactive(self, jobs: Jobs = None, interval: float = 1.0, timeout: float = -1,
+                         return_when: str = futures.ALL_COMPLETED) -> bool:
+        """``wait`` with a progress bar (a widget in Jupyter, a text bar on a terminal)."""
+        self._connect()
+        ids = list(self.outstanding) if jobs is None else self.task_ids_of(jobs)
+        return AsyncResult(self, ids).wait_interactive(interval, timeout, return_when=return_when)
 
     def spin(self) -> None:
         """Take in every result that has arrived, without waiting."""
         self._connect()
         self._absorb_inbox(self.records.pop_inbox(self.client_id, 0.0))
-
-    def _sweep(self, missing: set[str], ours: bool) -> None:
-        """Now and then: read statuses directly and reap dead engines.
-
-        This covers tasks other clients submitted and engines that died holding ours.
-        """
-        now = time.monotonic()
-        if now - self._last_sweep < 1.0:
-            if not ours:
-                self._absorb_finished(sorted(t for t in missing if t not in self.results))
-            return
-        self._last_sweep = now
-        if now - self._last_arrival >= 1.0:
-            # Only when results stopped coming: while they flow, the inbox has everything.
-            self._absorb_finished(sorted(t for t in missing if t not in self.results))
-        self.reaper.observe(True)
-        self.reaper.reap_stale()
 
     def _absorb_finished(self, task_ids: list[str]) -> None:
         statuses = self.records.statuses(task_ids)
@@ -425,14 +422,29 @@ class Client(TaskFarming, HubMethods):
     def _absorb(self, task_ids: list[str], records: list[TaskRecord] | None = None) -> None:
         fresh = [t for t in dict.fromkeys(task_ids) if t not in self.results]
         read = self.records.get_many(fresh, with_request=False) if fresh else []
-        for record in [*(records or []), *read]:
-            if record is not None and record.done and record.task_id not in self.results:
-                self._last_arrival = time.monotonic()
-                self._arrived.append(record.task_id)
-                self.results[record.task_id] = self._value_of(record)
-                record.result = None  # only its metadata is kept
-                self._metadata.put_record(record.task_id, record)
-                self.outstanding.discard(record.task_id)
+        taken: list[str] = []
+        with self.collector.lock:
+            for record in [*(records or []), *read]:
+                if record is not None and record.done and record.task_id not in self.results:
+                    taken.append(record.task_id)
+                    self.results[record.task_id] = self._value_of(record)
+                    record.result = None  # only its metadata is kept
+                    self._metadata.put_record(record.task_id, record)
+                    self.outstanding.discard(record.task_id)
+            complete = self.collector.arrivals(taken) if taken else []
+        # Outside the lock: done-callbacks run user code, which may ask this client things.
+        for result in complete:
+            result._settle()
+
+    def _track(self, result: AsyncResult) -> None:
+        """Settle ``result`` (a future) once every one of its tasks has an outcome."""
+        self._connect()
+        if self.collector.track(result, result.task_ids):
+            result._settle()
+
+    @property
+    def reaper(self) -> Reaper:
+        return self.collector.reaper
 
     def _value_of(self, record: TaskRecord) -> Any:
         if record.invalid:

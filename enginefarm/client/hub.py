@@ -110,7 +110,7 @@ class HubMethods:
             TaskError: a task named explicitly is still in flight here.
         """
         if jobs == "all":
-            finished = [t for t in self.results if t not in self.outstanding]
+            finished = [t for t in list(self.results) if t not in self.outstanding]
         else:
             finished = self.task_ids_of(None if not jobs else jobs)
             busy = [t for t in finished if t in self.outstanding]
@@ -118,7 +118,7 @@ class HubMethods:
                 raise TaskError(f"cannot purge the local result of task {busy[0]} while it is in flight")
         engines = set(self.ids if targets == "all" else ([targets] if isinstance(targets, int) else targets or ()))
         if engines:
-            finished += [t for t in self.results if t not in self.outstanding and t in self._metadata
+            finished += [t for t in list(self.results) if t not in self.outstanding and t in self._metadata
                          and self._metadata[t]["engine_id"] in engines]
         gone = 0
         for task_id in dict.fromkeys(finished):
@@ -241,7 +241,7 @@ class HubMethods:
         records stay in the history (see ``purge_results``)."""
         if targets is not None:
             return self.direct_view(targets).reset(block=block)
-        finished = [t for t in self.results if t not in self.outstanding]
+        finished = [t for t in list(self.results) if t not in self.outstanding]
         for task_id in finished:
             self.results.pop(task_id, None)
             self._metadata.pop(task_id, None)

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from ..store.history import History
     from ..store.records import NewTask, Records
     from ..store.registry import Registry
-    from .asyncresult import Metadata, MetadataStore
+    from .asyncresult import AsyncResult, Metadata, MetadataStore
     from .client import Targets
     from .hub import Jobs
     from .tasks import BaseTask
@@ -63,6 +63,8 @@ class ClientParts(Protocol):
     def wait(self, jobs: Jobs = None, timeout: float = -1, any_of: bool = False) -> bool: ...
 
     def _absorb(self, task_ids: list[str], records: list[TaskRecord] | None = None) -> None: ...
+
+    def _track(self, result: AsyncResult) -> None: ...
 
     def metadata_for(self, task_id: str) -> Metadata: ...
 

@@ -1,34 +1,14 @@
-"""A one-line progress bar for long waits; silent when output is not a terminal."""
+"""Progress bars, the way each place shows them: tqdm's auto bar is a widget in Jupyter and
+a text bar on a terminal; with output going elsewhere (a file, a pipe, CI) it stays silent."""
 
 from __future__ import annotations
 
-import sys
-import time
-from typing import TextIO
+from typing import Any, TextIO
+
+from tqdm.auto import tqdm
 
 
-class ProgressBar:
-    def __init__(self, total: int, label: str = "tasks", stream: TextIO | None = None,
-                 force: bool | None = None, width: int = 30) -> None:
-        self.total = total
-        self.label = label
-        self.stream = stream or sys.stdout
-        self.enabled = force if force is not None else bool(getattr(self.stream, "isatty", lambda: False)())
-        self.width = width
-        self.started = time.monotonic()
-
-    def render(self, done: int) -> str:
-        fraction = done / self.total if self.total else 1.0
-        filled = int(round(self.width * fraction))
-        elapsed = time.monotonic() - self.started
-        return f"\r[{'#' * filled}{' ' * (self.width - filled)}] {done}/{self.total} {self.label} {elapsed:6.1f}s"
-
-    def update(self, done: int) -> None:
-        if self.enabled:
-            self.stream.write(self.render(done))
-            self.stream.flush()
-
-    def finish(self, done: int) -> None:
-        if self.enabled:
-            self.stream.write(self.render(done) + "\n")
-            self.stream.flush()
+def progress_bar(total: int, unit: str = "tasks", file: TextIO | None = None,
+                 disable: bool | None = None) -> tqdm[Any]:
+    """A bar over ``total`` units; ``disable=None`` shows it only on a terminal or a notebook."""
+    return tqdm(total=total, unit=unit, file=file, disable=disable, dynamic_ncols=True, leave=True)

@@ -215,13 +215,9 @@ def test_control_queue_comes_and_goes_with_its_engine(settings, cluster, client)
     killed.signal(signal.SIGKILL)
     killed.wait(TIMEOUT_S)
 
-    def reaped() -> bool:
-        # What a waiting client does now and then: judge heartbeats, reap the silent.
-        client.reaper.observe(True)
-        client.reaper.reap_stale()
-        return killed.engine_id not in client.registry.info()
-
-    wait_for(reaped, TIMEOUT_S, "the killed engine to be reaped")
+    # The client's result thread judges heartbeats once a second and reaps the silent.
+    client.collector.start()
+    wait_for(lambda: killed.engine_id not in client.registry.info(), TIMEOUT_S, "the killed engine to be reaped")
     # Then both control queues are gone with their engines
     for daemon in (leaving, killed):
         assert not queue_exists(settings, cluster.names.control_queue(daemon.engine_id))

@@ -7,7 +7,7 @@ import io
 import pytest
 
 from enginefarm import MapTask, RemoteError, ResultNS, StringTask, TaskResult
-from enginefarm.client.progress import ProgressBar
+from enginefarm.client.progress import progress_bar
 
 
 def add(a, b=0):
@@ -163,55 +163,39 @@ def test_duration_needs_start_and_completion():
     assert TaskResult("t6", None, "map_task", None, None, {"completed": 2.0}).duration is None
 
 
-# --- ProgressBar -------------------------------------------------------------------------------
-def test_progress_bar_renders_when_forced():
-    stream = io.StringIO()
-    bar = ProgressBar(10, stream=stream, force=True, width=10)
-    text = bar.render(5)
-    assert text.startswith("\r[#####     ] 5/10 tasks ")
-    assert text.endswith("s")
-    elapsed = float(text.split()[-1][:-1])
-    assert 0.0 <= elapsed < 60.0
-    bar.update(3)
-    bar.finish(10)
+# --- progress bars ---------------------------------------------------------------------------
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_draws_counts_on_a_terminal():
+    stream = Terminal()
+    with progress_bar(10, file=stream) as bar:
+        bar.update(3)
+        bar.update(7)
     written = stream.getvalue()
-    assert written.count("\r") == 2
-    assert "\r[###       ] 3/10 tasks " in written
-    assert "\r[##########] 10/10 tasks " in written
-    assert written.endswith("s\n")
+    # tqdm redraws at most every 0.1 s: the start and the end are drawn.
+    assert "0/10" in written and "10/10" in written
+    assert "tasks" in written
 
 
-def test_progress_bar_label_and_empty_total():
-    bar = ProgressBar(0, label="items", stream=io.StringIO(), force=True, width=4)
-    assert bar.render(0).startswith("\r[####] 0/0 items ")
+def test_progress_bar_names_its_unit():
+    stream = Terminal()
+    with progress_bar(4, unit="items", file=stream) as bar:
+        bar.update(4)
+    assert "4/4" in stream.getvalue() and "items" in stream.getvalue()
 
 
-def test_progress_bar_is_silent_unless_the_stream_is_a_tty():
+def test_progress_bar_is_silent_unless_the_stream_is_a_terminal():
     stream = io.StringIO()
-    bar = ProgressBar(4, stream=stream)
-    assert bar.enabled is False
-    bar.update(2)
-    bar.finish(4)
+    with progress_bar(4, file=stream) as bar:
+        bar.update(4)
     assert stream.getvalue() == ""
 
 
-def test_progress_bar_draws_on_a_tty():
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
-
+def test_progress_bar_disable_wins_over_a_terminal():
     stream = Terminal()
-    bar = ProgressBar(2, stream=stream, width=2)
-    assert bar.enabled is True
-    bar.finish(2)
-    assert stream.getvalue().startswith("\r[##] 2/2 tasks ")
-
-
-def test_progress_bar_force_false_wins_over_a_tty():
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
-
-    stream = Terminal()
-    ProgressBar(2, stream=stream, force=False).finish(2)
+    with progress_bar(2, file=stream, disable=True) as bar:
+        bar.update(2)
     assert stream.getvalue() == ""
