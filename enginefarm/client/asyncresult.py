@@ -184,9 +184,12 @@ class AsyncResult(futures.Future[Any]):
         A task that is running or finished goes on and keeps its outcome."""
         if self.done() or not self.task_ids:
             return self.cancelled()
-        aborted = cast("list[bool]", self._client.abort(self.task_ids))  # a list of ids gives a list
-        if not all(aborted) or not super().cancel():
-            return False
+        # Held so the aborted outcomes, which arrive at once, find the future cancelled
+        # rather than finish it first.
+        with self._client.collector.lock:
+            aborted = cast("list[bool]", self._client.abort(self.task_ids))  # a list of ids gives a list
+            if not all(aborted) or not super().cancel():
+                return False
         # Wakes concurrent.futures.wait and as_completed, as an executor does for a cancel.
         self.set_running_or_notify_cancel()
         return True

@@ -16,6 +16,7 @@ from .tasks import BaseTask, TaskResult
 
 if TYPE_CHECKING:
     from .client import Client
+    from .viewexecutor import ViewExecutor
     from .lbview import LoadBalancedView
     from .parts import ClientParts
 
@@ -191,3 +192,7 @@ class TaskFarming:
         if targets is None or targets == "all":
             return LoadBalancedView(client)
         return LoadBalancedView(client, targets=self.resolve_targets(targets))
+
+    def executor(self: ClientParts, targets: Any = None) -> ViewExecutor:
+        """A ``concurrent.futures.Executor`` over a load-balanced view of ``targets``."""
+        return TaskFarming.load_balanced_view(self, targets).executor()

@@ -13,6 +13,7 @@ from .tasks import MapTask
 
 if TYPE_CHECKING:
     from .remotefunction import ParallelFunction, RemoteFunction
+    from .viewexecutor import ViewExecutor
     from .client import Client
 
 # Automatic chunking aims at this many chunks per engine: enough to balance uneven items,
@@ -141,6 +142,20 @@ class LoadBalancedView:
         task_ids = self._submit(tasks, blocking)
         result = AsyncMapResult(self.client, task_ids, [len(c) for c in chunks], ordered)
         return result.get() if blocking else result
+
+    def imap(self, f: Callable[..., Any], *iterables: Iterable[Any], ordered: bool = True,
+             max_outstanding: int | str = "auto", chunksize: int = 1) -> Iterator[Any]:
+        """A lazy ``map``: reads the iterables as tasks finish, at most ``max_outstanding``
+        tasks in flight ('auto': two per engine); see ``enginefarm.client.imap``."""
+        from .imap import imap
+
+        return imap(self, f, *iterables, ordered=ordered, max_outstanding=max_outstanding, chunksize=chunksize)
+
+    def executor(self) -> ViewExecutor:
+        """A ``concurrent.futures.Executor`` that submits through this view."""
+        from .viewexecutor import ViewExecutor
+
+        return ViewExecutor(self)
 
     def map_async(self, f: Callable[..., Any], *sequences: Iterable[Any], **kwargs: Any) -> AsyncMapResult:
         return cast(AsyncMapResult, self.map(f, *sequences, block=False, **kwargs))

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .remotefunction import ParallelFunction, RemoteFunction
     from .client import Client, Targets
     from .syncimports import SyncImports
+    from .viewexecutor import ViewExecutor
 
 _UNSET: Any = object()
 
@@ -335,6 +336,12 @@ class DirectView:
         from .remotefunction import parallel
 
         return parallel(self, dist, block, **flags)
+
+    def executor(self) -> ViewExecutor:
+        """A ``concurrent.futures.Executor`` that runs each call on every engine of this view."""
+        from .viewexecutor import ViewExecutor
+
+        return ViewExecutor(self)
 
     def sync_imports(self, local: bool = True, quiet: bool = False) -> SyncImports:
         """``with view.sync_imports():`` imports in the block happen here and on the targets."""

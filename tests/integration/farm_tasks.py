@@ -43,6 +43,13 @@ def gate(path: str, timeout_s: float = 90.0) -> str:
     return "released"
 
 
+def gate_or_echo(item: object) -> object:
+    """A path waits as ``gate`` does; anything else comes straight back."""
+    if isinstance(item, str) and item.startswith("/"):
+        return gate(item)
+    return item
+
+
 def gated_record(gate_path: str, path: str, label: object) -> object:
     """Wait for the gate, then record ``label``."""
     gate(gate_path)
