@@ -105,6 +105,7 @@ class Client(TaskFarming, HubMethods):
                 log.warning("closing without the broker's last confirms: %s", exc)
             self.collector.stop()
             self.publisher.close()
+            self.collector.join()
             self.registry.redis.close()
             self._connected = False
 
@@ -308,6 +309,7 @@ class Client(TaskFarming, HubMethods):
             tasks.append(NewTask(task_id, kind, self.client_id, body, engine_id))
             bodies.append(body)
         self.records.create(tasks, wait=False)
+        self.collector.start()
         self.history.extend(t.task_id for t in tasks)
         self.outstanding.update(t.task_id for t in tasks)
         # Signals go to the engine's control queue, so they need not wait behind its tasks.

@@ -65,13 +65,27 @@ class Collector:
         return threading.current_thread() is self._thread
 
     def stop(self) -> None:
+        """Ask the thread to end, waking it from its read of the inbox."""
         self._stop.set()
+        if self._thread is not None and not self.on_thread:
+            try:
+                self._client.records.wake_inbox(self._client.client_id)
+            except StoreError:
+                pass  # Redis is away: the read ends at its timeout instead
+
+    def join(self, timeout_s: float = 2 * _READ_S + 1) -> None:
         thread = self._thread
         if thread is not None and not self.on_thread:
-            thread.join(timeout=2 * _READ_S + 1)
-        self.reaper.broker.close()
+            thread.join(timeout=timeout_s)
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            # Its broker connection is this thread's alone (pika's are not thread-safe).
+            self.reaper.broker.close()
+
+    def _loop(self) -> None:
         client = self._client
         backoff = 0.1
         while not self._stop.is_set():

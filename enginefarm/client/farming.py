@@ -68,6 +68,8 @@ class TaskFarming:
         for kind, _, payload in prepared:
             self.check_size(payload, f"the {kind} request")
         scheme = self._scheme()
+        # From the first task on, outcomes are taken in as they arrive.
+        self.collector.start()
         ids: list[str] = []
         start, run = 0, FIRST_RUN
         try:

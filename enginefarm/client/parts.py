@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ..store.records import NewTask, Records
     from ..store.registry import Registry
     from .asyncresult import AsyncResult, Metadata, MetadataStore
+    from .collector import Collector
     from .client import Targets
     from .hub import Jobs
     from .tasks import BaseTask
@@ -43,6 +44,7 @@ class ClientParts(Protocol):
     records: Records
     history_store: History
     publisher: Publisher
+    collector: Collector
 
     @property
     def ids(self) -> list[int]: ...

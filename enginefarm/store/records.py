@@ -138,6 +138,8 @@ INLINE_MAX = 4096
 # Only a live client reads its inbox (a new Client has a new one, and finds older results by
 # their status): entries nobody popped within this long are garbage.
 INBOX_TTL_S = 3600
+# An inbox entry that only wakes its reader (no task id is empty).
+WAKE = b""
 _TRANSITION = (_TRANSITION.replace("RESULT_FIELDS_LUA", ", ".join(f"'{f}'" for f in RESULT_FIELDS))
                .replace("BOOKKEEPING_LUA", ", ".join(f"'{f}'" for f in _BOOKKEEPING))
                .replace("RESULT_POSITIONS", ", ".join(f"{f} = {n + 7}" for n, f in enumerate(RESULT_FIELDS)))
@@ -652,7 +654,17 @@ class Records:
     def pop_inbox(self, client_id: str, timeout_s: float) -> list[tuple[str, TaskRecord | None]]:
         """Tasks whose outcome was recorded for this client, with the finished record when it
         came along (else None: read it with ``get_many``); waits up to ``timeout_s``."""
-        return [inbox_entry(raw) for raw in self._pop_raw(self.names.client_inbox(client_id), timeout_s)]
+        return [inbox_entry(raw) for raw in self._pop_raw(self.names.client_inbox(client_id), timeout_s)
+                if raw != WAKE]
+
+    def wake_inbox(self, client_id: str) -> None:
+        """End a wait on the inbox at once: an empty entry, which ``pop_inbox`` skips."""
+        key = self.names.client_inbox(client_id)
+        with translate_errors():
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.lpush(key, WAKE)
+            pipe.expire(key, INBOX_TTL_S)
+            pipe.execute()
 
     def set_scheme(self, scheme: str) -> None:
         with translate_errors():
