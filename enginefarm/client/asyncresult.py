@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from ..errors import CompositeError, RemoteError, TimeoutError
 from ..task import RESULT_FIELDS
+from .output import OutputMethods
 from .progress import ProgressBar
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ class MetadataStore(MutableMapping[str, Metadata]):
         self._data.clear()
 
 
-class AsyncResult:
+class AsyncResult(OutputMethods):
     """The pending result of a call on one or more engines.
 
     ``get`` returns a list (one entry per task, in target order), or the bare value when the
