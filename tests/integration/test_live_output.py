@@ -27,7 +27,7 @@ LONG = 60.0  # generous: the box is small and loaded
 
 
 # --- run on engines ----------------------------------------------------------------------------
-def talk(gate: str, before: list[str], after: list[str], err: list[str] = (), tail: str = "") -> str:
+def talk(gate: str, before: list[str], after: list[str], err: tuple[str, ...] | list[str] = (), tail: str = "") -> str:
     """Print ``before`` (and ``err`` on stderr), wait for the gate file, print ``after`` and
     ``tail`` without a newline."""
     import os
@@ -170,7 +170,8 @@ def test_display_outputs_labels_each_task_by_engine(cluster, client, gates):
     by_type, by_engine = io.StringIO(), io.StringIO()
     ar.display_outputs(file=by_type)
     ar.display_outputs("engine", file=by_engine)
-    assert by_type.getvalue() == "".join(f"[stdout:{e}] out\n" for e in ids) + "".join(f"[stderr:{e}] err\n" for e in ids)
+    assert by_type.getvalue() == ("".join(f"[stdout:{e}] out\n" for e in ids)
+                                  + "".join(f"[stderr:{e}] err\n" for e in ids))
     assert by_engine.getvalue() == "".join(f"[stdout:{e}] out\n[stderr:{e}] err\n" for e in ids)
     with pytest.raises(ValueError, match="groupby"):
         ar.display_outputs("colour")
