@@ -348,20 +348,26 @@ def resubmit(cluster: str | None, task_ids: tuple[str, ...], wait_s: float | Non
 @cluster_option
 @click.argument("task_ids", nargs=-1, required=True)
 @click.option("--timeout", "timeout_s", type=float, default=None, help="Give up after this many seconds.")
-def wait(cluster: str | None, task_ids: tuple[str, ...], timeout_s: float | None) -> None:
+@click.option("--stream", is_flag=True, help="Print the tasks' output as it arrives, each line prefixed "
+              "by its stream and engine ([stdout:3] ...), instead of a progress bar.")
+def wait(cluster: str | None, task_ids: tuple[str, ...], timeout_s: float | None, stream: bool) -> None:
     """Wait until tasks finish (progress bar on a terminal); exit 1 if any failed, 2 on timeout."""
     from .admin import require_known
 
     with admin_client(cluster) as client:
         run_guarded(require_known, client, list(task_ids))
-        wait_with_progress(client, list(task_ids), timeout_s)
+        wait_with_progress(client, list(task_ids), timeout_s, stream)
 
 
-def wait_with_progress(client: Any, task_ids: list[str], timeout_s: float | None) -> None:
+def wait_with_progress(client: Any, task_ids: list[str], timeout_s: float | None, stream: bool = False) -> None:
     from .client import AsyncResult
 
     result = AsyncResult(client, task_ids)
-    if not run_guarded(result.wait_interactive, 0.25, timeout_s, sys.stderr):
+    if stream:
+        finished = run_guarded(result.stream_outputs, None, timeout_s)
+    else:
+        finished = run_guarded(result.wait_interactive, 0.25, timeout_s, sys.stderr)
+    if not finished:
         click.echo(f"Error: {len(task_ids) - result.progress} of {len(task_ids)} tasks still running", err=True)
         sys.exit(2)
     failed = [t for t in task_ids if isinstance(client.results[t], BaseException)]

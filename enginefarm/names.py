@@ -94,6 +94,12 @@ class Names:
         """Hash: the task record (see store.records)."""
         return self.key("task", task_id)
 
+    def task_output(self, task_id: str, stream: str) -> str:
+        """String: what a running task has written to ``stream`` ('stdout' or 'stderr') so far,
+        appended while it runs and removed once its record is finished (see store.output).
+        ``task_output("", stream)`` is the prefix of every task's key of that stream."""
+        return self.key("output", stream, task_id)
+
     @property
     def history(self) -> str:
         """Sorted set task_id -> submitted time: the hub history, oldest first."""

@@ -15,7 +15,7 @@ from .broker import BrokerConnection
 from .errors import BrokerError
 from .names import Names
 from .schedulers import retry
-from .store import Records, Registry, TaskRecord
+from .store import LiveOutput, Records, Registry, TaskRecord
 from .store.records import PENDING, RUNNING, error_fields
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,10 @@ class Reaper:
         names: Names,
         engine_timeout_s: float,
         max_engine_losses: int = 3,
+        output: LiveOutput | None = None,
     ) -> None:
         self.registry = registry
+        self.output = output
         self.records = records
         self.broker = broker
         self.names = names
@@ -110,6 +112,10 @@ class Reaper:
             was_running = claimed and record.started is not None
             stage = "while running" if was_running else "before running"
             error = error_fields("EngineLost", f"engine {engine_id} {why} {stage} this task")
+            if was_running and self.output is not None:
+                # That attempt is over: what it printed live must not run on into the next
+                # attempt's (the record keeps no output of a lost attempt either).
+                self.output.discard([record.task_id])
             if record.invalid:
                 # Nothing in it can be trusted to run it again: record the loss.
                 error["evalue"] += f" (its record does not decode: {record.invalid})"

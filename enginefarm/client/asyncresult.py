@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from ..errors import CompositeError, RemoteError, TimeoutError
 from .metadata import Metadata, MetadataStore
+from .output import OutputMethods
 from .progress import progress_bar
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["AsyncJoinedResult", "AsyncMapResult", "AsyncResult", "LocalResult", "Metadata", "MetadataStore"]
 
 
-class AsyncResult(futures.Future[Any]):
+class AsyncResult(OutputMethods, futures.Future[Any]):
     """The pending result of a call on one or more engines.
 
     ``get`` returns a list (one entry per task, in target order), or the bare value when the

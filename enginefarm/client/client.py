@@ -22,7 +22,7 @@ from ..protocol import new_id, seal
 from ..recovery import Reaper
 from ..serialization import dumps, loads
 from ..task import Kind, TaskHeader, with_datetimes
-from ..store import Stores, TaskRecord
+from ..store import Stores, TaskOutput, TaskRecord
 from ..store.records import ABORTED, COMPLETED, PENDING, NewTask, error_fields
 from .asyncresult import AsyncResult, Metadata, MetadataStore
 from .collector import Collector
@@ -71,8 +71,8 @@ class Client(TaskFarming, HubMethods):
             return
         s = self.settings
         stores = Stores.open(s)
-        self.ring, self.registry, self.records, self.history_store = (
-            stores.ring, stores.registry, stores.records, stores.history)
+        self.ring, self.registry, self.records, self.history_store, self.output_store = (
+            stores.ring, stores.registry, stores.records, stores.history, stores.output)
         self.publisher = Publisher(
             s.amqp_url,
             s.amqp_heartbeat_s,
@@ -85,7 +85,7 @@ class Client(TaskFarming, HubMethods):
         self._home = threading.get_ident()
         self.collector = Collector(self)
 
-    _LAZY = frozenset({"ring", "registry", "records", "history_store", "publisher", "collector"})
+    _LAZY = frozenset({"ring", "registry", "records", "history_store", "output_store", "publisher", "collector"})
 
     def __getattr__(self, name: str) -> Any:
         # Connections open on first use, whichever part of the client asks first.
@@ -463,6 +463,17 @@ class Client(TaskFarming, HubMethods):
         error.setdefault("engine_id", record.engine_id)
         error["task_id"] = record.task_id
         return RemoteError.from_dict(error)
+
+    def live_output(self, task_ids: list[str], offsets: Sequence[tuple[int, int]] | None = None) -> list[TaskOutput]:
+        """Each task's status and output, in one round trip: a finished task's from its
+        record, a running one's as printed so far (after ``offsets``: the live bytes of
+        stdout and stderr already read), see ``enginefarm.store.output``.
+
+        Raises:
+            StoreError: Redis failed.
+        """
+        self._connect()
+        return self.output_store.read(task_ids, offsets)
 
     def metadata_for(self, task_id: str) -> Metadata:
         if task_id not in self._metadata:

@@ -50,7 +50,7 @@ class Collector:
         self.reaper = Reaper(
             client.registry, client.records,
             BrokerConnection(s.amqp_url, s.amqp_heartbeat_s, f"enginefarm-client-{s.cluster}-reaper"),
-            client.names, s.engine_timeout_s, s.max_engine_losses,
+            client.names, s.engine_timeout_s, s.max_engine_losses, client.output_store,
         )
 
     # --- the thread -------------------------------------------------------------------

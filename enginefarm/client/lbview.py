@@ -113,11 +113,16 @@ class LoadBalancedView:
             return block
         return self.block if self.block is not None else self.client.block
 
-    def apply(self, f: Callable[..., Any], *args: Any, block: bool | None = None, **kwargs: Any) -> Any:
-        """Run ``f(*args, **kwargs)`` on one engine chosen by the scheduler."""
-        blocking = self._block(block)
+    def apply(self, f: Callable[..., Any], *args: Any, block: bool | None = None, stream: bool = False,
+              **kwargs: Any) -> Any:
+        """Run ``f(*args, **kwargs)`` on one engine chosen by the scheduler. With ``stream``,
+        blocks and prints the output as it arrives (``stream_outputs``), then returns the
+        result; ``block`` and ``stream`` are the view's (not passed to ``f``)."""
+        blocking = stream or self._block(block)
         task_id = self._submit([MapTask(f, args, kwargs, **self.task_options)], blocking)[0]
         result = AsyncResult(self.client, [task_id], single=True, kind="apply")
+        if stream:
+            result.stream_outputs()
         return result.get() if blocking else result
 
     def apply_async(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> AsyncResult:

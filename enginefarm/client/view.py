@@ -66,11 +66,14 @@ class DirectView:
         block: bool | None,
         header: dict[str, Any] | None = None,
         what: str = "",
+        stream: bool = False,
     ) -> Any:
         engine_ids, single = self._plan(targets)
-        blocking = self._block(block)
+        blocking = stream or self._block(block)
         task_ids = self.client.send_direct(kind, request, engine_ids, header, what, confirm=not blocking)
         result = AsyncResult(self.client, task_ids, single, kind)
+        if stream:
+            result.stream_outputs()
         return result.get() if blocking else result
 
     def _local(self, targets: Targets, block: bool | None, fn: Callable[[int], Any], kind: str) -> Any:
@@ -80,11 +83,13 @@ class DirectView:
         return value if self._block(block) else LocalResult(self.client, value, single, kind)
 
     # --- code and namespace ---------------------------------------------------------
-    def execute(self, code: str, targets: Targets = _UNSET, block: bool | None = None) -> Any:
-        """Run ``code`` in each target's namespace; output lands in the metadata."""
+    def execute(self, code: str, targets: Targets = _UNSET, block: bool | None = None,
+                stream: bool = False) -> Any:
+        """Run ``code`` in each target's namespace; output lands in the metadata. With
+        ``stream``, blocks and prints the output as it arrives (``stream_outputs``)."""
         if not isinstance(code, str):
             raise TypeError(f"code must be a string, not {type(code).__name__}")
-        return self._send("execute", code, targets, block)
+        return self._send("execute", code, targets, block, stream=stream)
 
     def run(self, filename: str, targets: Targets = _UNSET, block: bool | None = None) -> Any:
         """Execute the contents of a local file on the targets."""
@@ -93,13 +98,14 @@ class DirectView:
             return self.execute(handle.read() + "\n", targets, block)
 
     def apply(self, f: Callable[..., Any], *args: Any, targets: Targets = _UNSET,
-              block: bool | None = None, **kwargs: Any) -> Any:
-        """Call ``f(*args, **kwargs)`` on each target.
+              block: bool | None = None, stream: bool = False, **kwargs: Any) -> Any:
+        """Call ``f(*args, **kwargs)`` on each target. With ``stream``, blocks and prints the
+        output as it arrives (``stream_outputs``), then returns the result.
 
-        ``targets`` and ``block`` are taken by the view; to pass arguments of those names to
-        ``f``, use ``apply_request``.
+        ``targets``, ``block`` and ``stream`` are taken by the view; to pass arguments of
+        those names to ``f``, use ``apply_request``.
         """
-        return self.apply_request(f, args, kwargs, targets=targets, block=block)
+        return self.apply_request(f, args, kwargs, targets=targets, block=block, stream=stream)
 
     def apply_sync(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return self.apply_request(f, args, kwargs, block=True)
@@ -109,11 +115,11 @@ class DirectView:
 
     def apply_request(self, f: Callable[..., Any], args: tuple[Any, ...] = (),
                       kwargs: dict[str, Any] | None = None,
-                      targets: Targets = _UNSET, block: bool | None = None) -> Any:
+                      targets: Targets = _UNSET, block: bool | None = None, stream: bool = False) -> Any:
         if not callable(f):
             raise TypeError(f"{f!r} is not callable")
         return self._send("apply", (f, tuple(args), dict(kwargs or {})), targets, block,
-                          what=f"function {getattr(f, '__qualname__', f)!r} or its arguments")
+                          what=f"function {getattr(f, '__qualname__', f)!r} or its arguments", stream=stream)
 
     def push(self, namespace: dict[str, Any], targets: Targets = _UNSET, block: bool | None = None) -> Any:
         """Update each target's namespace with ``namespace``."""

@@ -82,7 +82,7 @@ class Scheduler:
         self.reaper = Reaper(
             self.registry, self.records,
             BrokerConnection(s.amqp_url, s.amqp_heartbeat_s, f"enginefarm-scheduler-{s.cluster}-reaper"),
-            self.names, s.engine_timeout_s, s.max_engine_losses,
+            self.names, s.engine_timeout_s, s.max_engine_losses, stores.output,
         )
         self.consumer = Consumer(
             s.amqp_url, setup=self._declare, on_message=self._on_submit, prefetch=256,

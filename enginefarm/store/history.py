@@ -22,18 +22,20 @@ from ..task import ALIASES, LISTED_FIELDS, STATUSES, TERMINAL, decode_field
 
 BATCH = 500
 
-# Remove finished records (never pending or running ones). ARGV: 1 task key prefix,
-# 2 history key, 3 status index prefix, 4 engine index prefix, 5 only records completed
-# before this time ('inf' for any), 6.. task ids. Returns how many were removed.
+# Remove finished records (never pending or running ones) and any live output left of them.
+# ARGV: 1 task key prefix, 2 history key, 3 status index prefix, 4 engine index prefix, 5 only
+# records completed before this time ('inf' for any), 6 and 7 the live stdout and stderr key
+# prefixes, 8.. task ids. Returns how many were removed.
 _PURGE = """
 local n = 0
 local before = tonumber(ARGV[5])
-for i = 6, #ARGV do
+for i = 8, #ARGV do
   local tid = ARGV[i]
   local key = ARGV[1] .. tid
   local st = redis.call('HGET', key, 'status')
   if st == false then
     redis.call('ZREM', ARGV[2], tid)
+    redis.call('DEL', ARGV[6] .. tid, ARGV[7] .. tid)
   elseif (st == 'completed' or st == 'failed' or st == 'aborted')
       and tonumber(redis.call('HGET', key, 'completed') or '0') < before then
     local engines = {}
@@ -42,7 +44,7 @@ for i = 6, #ARGV do
       if v then for e in string.gmatch(v, '[^,]+') do engines[e] = true end end
     end
     for e, _ in pairs(engines) do redis.call('SREM', ARGV[4] .. e, tid) end
-    redis.call('DEL', key)
+    redis.call('DEL', key, ARGV[6] .. tid, ARGV[7] .. tid)
     redis.call('ZREM', ARGV[2], tid)
     redis.call('SREM', ARGV[3] .. st, tid)
     n = n + 1
@@ -226,7 +228,7 @@ class History:
         for start in range(0, len(ids), BATCH):
             args = [n.task(""), n.history, n.status_index(""), n.engine_index(""),
                     "inf" if completed_before == float("inf") else repr(completed_before),
-                    *ids[start : start + BATCH]]
+                    n.task_output("", "stdout"), n.task_output("", "stderr"), *ids[start : start + BATCH]]
             with translate_errors():
                 removed += int(self._purge(args=args))
         return removed

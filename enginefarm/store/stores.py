@@ -11,6 +11,7 @@ from ..keys import KeyRing
 from ..names import Names
 from .connection import connect
 from .history import History
+from .output import LiveOutput
 from .records import Records
 from .registry import Registry
 
@@ -22,6 +23,7 @@ class Stores:
     registry: Registry
     records: Records
     history: History
+    output: LiveOutput
 
     @classmethod
     def open(cls, settings: Settings) -> Stores:
@@ -34,4 +36,5 @@ class Stores:
         client = connect(settings.redis_url, settings.reconnect_window_s)
         names = Names(settings.cluster)
         return cls(ring, client, Registry(client, names, settings.engine_timeout_s),
-                   Records(client, names, ring, settings.redispatch_window_s), History(client, names))
+                   Records(client, names, ring, settings.redispatch_window_s), History(client, names),
+                   LiveOutput(client, names, settings.result_ttl_s))

@@ -3,6 +3,9 @@
 It talks to its supervisor over one socket (multiprocessing framing, stdlib pickle between
 the two trusted processes). It dies with the supervisor, even while user code spins in C.
 
+While a request runs, what it prints goes to the supervisor in output frames of their own
+(see tap.py), a few times a second; the outcome follows them.
+
 It runs in a session of its own, so only signals sent to it reach it (``Client.send_signal``
 through the supervisor). SIGINT interrupts the running request with KeyboardInterrupt, which
 fails that request; between requests it is ignored, so the loop and the namespace survive
@@ -22,6 +25,7 @@ from types import FrameType
 from typing import Any
 
 from .commands import EngineState, error_outcome, run_command
+from .tap import OutputTap
 
 _PR_SET_PDEATHSIG = 1
 
@@ -50,28 +54,35 @@ def interrupt_request(signum: int, frame: FrameType | None) -> None:
         frame = frame.f_back
 
 
-def run_interruptibly(state: EngineState, header: dict[str, Any], payload: bytes, cap: int) -> dict[str, Any]:
+def run_interruptibly(state: EngineState, header: dict[str, Any], payload: bytes, cap: int,
+                      tap: OutputTap | None = None) -> dict[str, Any]:
     """``run_command``, whose request SIGINT may interrupt. An interrupt inside the user's
     code is already its error outcome; one that lands around it (unpickling the request,
-    pickling the result) is made one here."""
+    pickling the result) is made one here, with the output captured so far (some of it may
+    have been shown live already: the record must not have less)."""
     saved = sys.stdout, sys.stderr
     try:
-        return run_command(state, header, payload, cap)
+        return run_command(state, header, payload, cap, tap.attach if tap is not None else None)
     except KeyboardInterrupt as exc:
         sys.stdout, sys.stderr = saved  # it may have landed while output was captured
-        return error_outcome(exc)
+        outcome = error_outcome(exc)
+        if tap is not None:
+            outcome.update(tap.captured())
+        return outcome
 
 
 def serve(conn: Connection, cap: int) -> None:
     state = EngineState()
+    tap = OutputTap(conn)
+    tap.start()
     while True:
         try:
             message = conn.recv_bytes()
         except (EOFError, OSError):
             return
         header, payload = pickle.loads(message)
-        outcome = run_interruptibly(state, header, payload, cap)
-        conn.send_bytes(pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL))
+        outcome = run_interruptibly(state, header, payload, cap, tap)
+        tap.finish(pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def main(argv: list[str]) -> None:

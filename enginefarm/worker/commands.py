@@ -36,13 +36,19 @@ class EngineState:
 
 
 class CappedWriter(io.TextIOBase):
-    """A text sink that keeps the first ``cap`` bytes (UTF-8) and counts the rest."""
+    """A text sink that keeps the first ``cap`` bytes (UTF-8) and counts the rest.
+
+    ``on_write`` is called after text was kept (the live output's wake-up, see tap.py);
+    ``kept`` is how many parts the last ``getvalue`` covered.
+    """
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
         self.parts: list[str] = []
         self.size = 0
         self.dropped = 0
+        self.on_write: Callable[[], None] | None = None
+        self.kept: int | None = None
 
     def writable(self) -> bool:
         return True
@@ -61,10 +67,14 @@ class CappedWriter(io.TextIOBase):
             self.parts.append(piece)
             self.size = self.cap
             self.dropped += len(text) - len(piece)
+        if self.on_write is not None and text:
+            self.on_write()
         return len(text)
 
     def getvalue(self) -> str:
-        text = "".join(self.parts)
+        parts = self.parts[:]  # one step: a thread that writes meanwhile is in or out, whole
+        self.kept = len(parts)
+        text = "".join(parts)
         if self.dropped:
             text += f"\n[enginefarm: output truncated, {self.dropped} more characters dropped]\n"
         return text
@@ -233,8 +243,10 @@ def check_task(state: EngineState, header: dict[str, Any], request: Any) -> dict
     return None
 
 
-def run_command(state: EngineState, header: dict[str, Any], payload: bytes, cap: int) -> dict[str, Any]:
-    """Run one request; never raises. Returns the outcome the supervisor records."""
+def run_command(state: EngineState, header: dict[str, Any], payload: bytes, cap: int,
+                attach: Callable[[CappedWriter, CappedWriter], None] | None = None) -> dict[str, Any]:
+    """Run one request; never raises. Returns the outcome the supervisor records.
+    ``attach`` is given the request's stdout and stderr capture before the command runs."""
     kind = header.get("kind", "")
     command = COMMANDS.get(kind)
     if command is None:
@@ -261,6 +273,8 @@ def run_command(state: EngineState, header: dict[str, Any], payload: bytes, cap:
     if header.get("clear_before"):
         state.reset()
     out, err = CappedWriter(cap), CappedWriter(cap)
+    if attach is not None:
+        attach(out, err)
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = out, err
     try:

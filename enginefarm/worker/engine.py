@@ -39,6 +39,7 @@ from ..store.records import COMPLETED, FAILED
 from ..task import Kind, TaskHeader, open_task
 from .control import Control
 from .executor import Executor, Outcome
+from .output import OutputRelay
 
 if TYPE_CHECKING:
     from pika.adapters.blocking_connection import BlockingChannel
@@ -144,6 +145,7 @@ class Engine:
         self.registry.set_properties(self.engine_id, self.properties)
         self.executor = Executor(s.output_cap_bytes)
         self.executor.start()
+        self.live = OutputRelay(stores.output)
         self.consumer = Consumer(
             s.amqp_url,
             setup=self._declare,
@@ -165,6 +167,7 @@ class Engine:
             self.names,
             s.engine_timeout_s,
             s.max_engine_losses,
+            stores.output,
         )
 
     def _declare(self, channel: BlockingChannel) -> list[str]:
@@ -356,6 +359,7 @@ class Engine:
         released = [(j.task_id, c[2] - 1, j.header.lb) for j, c in unstarted]
         next_claims = self._retry_store(lambda: self.records.settle(
             self.engine_id, finished=batch.finished, released=released, claims=ids))
+        self.live.clear_finished()  # every outcome of the batch is recorded now
         self.consumer.settle([j.delivery for j in batch.acks if j.ack.take()],
                              [j.delivery for j, _ in unstarted if j.ack.take()], requeue=True)
         self._adapt(batch, len(jobs))
@@ -451,8 +455,10 @@ class Engine:
             after.append((max(batch.window_end - started, 0.0), lambda: self._release_rest(batch, index)))
         self.metrics.in_progress.inc()
         try:
-            outcome = self.executor.run(request, job.payload, timeout_s, after=after, meanwhile=self._settle_owed)
+            outcome = self.executor.run(request, job.payload, timeout_s, after=after, meanwhile=self._settle_owed,
+                                        on_output=self.live.begin(task_id))
         finally:
+            self.live.end()
             self.metrics.in_progress.dec()
             self.metrics.run_seconds.observe(time.monotonic() - started)
             if self._aside and not self._draining.is_set():
@@ -523,6 +529,7 @@ class Engine:
             error = {**(outcome.error or {}), "engine_id": self.engine_id}
             fields = {"last_error": json.dumps(error), "failed_at": repr(time.time())}
         self.metrics.retries.labels(decision.reason).inc()
+        self.live.discard(task_id)
         return self.records.requeue(task_id, self.engine_id, decision.listed_as, decision.attempts_delta, fields)
 
     def _untried(self, task_id: str, header: TaskHeader) -> int:

@@ -1,4 +1,8 @@
-"""The supervisor's side of the child process: start it, run a request, stop it when needed."""
+"""The supervisor's side of the child process: start it, run a request, stop it when needed.
+
+While a request runs, the child's output frames (tap.py) are passed on as they arrive, and
+kept: a request whose child is killed or dies still has the output that reached us.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,10 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from collections.abc import Callable
 from typing import Any
+
+from .tap import decode_output, is_output
+
+OutputSink = Callable[[dict[str, str]], None]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +58,8 @@ class Executor:
         self.conn: Connection | None = None
         self._interrupt = threading.Event()
         self._reason = ""
+        self._received: dict[str, list[str]] = {}
+        self._received_size: dict[str, int] = {}
 
     def start(self) -> None:
         parent, child = socket.socketpair()
@@ -98,14 +108,16 @@ class Executor:
 
     def run(self, header: dict[str, Any], payload: bytes, timeout_s: float = 0.0,
             after: list[tuple[float, Callable[[], None]]] | None = None,
-            meanwhile: Callable[[], None] | None = None) -> Outcome:
+            meanwhile: Callable[[], None] | None = None, on_output: OutputSink | None = None) -> Outcome:
         """Run one request in the child. ``meanwhile`` is called once the child has the
         request; each ``(seconds, fn)`` of ``after`` calls ``fn`` once if the request is still
-        running after that long."""
+        running after that long; ``on_output`` gets what the request prints while it runs
+        (stream -> text, at most ``output_cap_bytes`` of each stream in all)."""
         if self.proc is None or self.proc.poll() is not None:
             self.restart()
         assert self.conn is not None
         self._interrupt.clear()
+        self._received, self._received_size = {}, {}
         self.conn.send_bytes(pickle.dumps((header, payload), protocol=pickle.HIGHEST_PROTOCOL))
         if meanwhile is not None:
             meanwhile()
@@ -115,16 +127,49 @@ class Executor:
         while True:
             while late and time.monotonic() >= late[0][0]:
                 late.pop(0)[1]()
+            raw = None
             try:
                 if self._poller.poll(50):
                     raw = self.conn.recv_bytes()
-                    return Outcome(**pickle.loads(raw))
+                    if not is_output(raw):
+                        return Outcome(**pickle.loads(raw))
             except (EOFError, OSError):
                 return self._died()
+            if raw is not None:
+                self._pass_on(raw, on_output)
             if self._interrupt.is_set():
                 return self._kill("TaskInterrupted", self._reason)
             if deadline is not None and time.monotonic() > deadline:
                 return self._kill("TaskTimeout", f"task exceeded its time limit of {timeout_s:g}s")
+
+    def _pass_on(self, frame: bytes, on_output: OutputSink | None) -> None:
+        try:
+            chunks = self._keep(decode_output(frame))
+        except ValueError as exc:
+            log.warning("the engine's child sent a malformed output frame: %s", exc)
+            return
+        if chunks and on_output is not None:
+            on_output(chunks)
+
+    def _keep(self, chunks: dict[str, str]) -> dict[str, str]:
+        """Keep what arrived, up to the cap of each stream (the child caps it already; this
+        bounds what its user code could send past that); returns what was kept."""
+        kept = {}
+        for stream, text in chunks.items():
+            if stream not in ("stdout", "stderr"):
+                continue
+            room = self.cap - self._received_size.get(stream, 0)
+            data = text.encode("utf-8", "replace")
+            if room <= 0 or not data:
+                continue
+            piece = text if len(data) <= room else data[:room].decode("utf-8", "ignore")
+            self._received.setdefault(stream, []).append(piece)
+            self._received_size[stream] = self._received_size.get(stream, 0) + min(len(data), room)
+            kept[stream] = piece
+        return kept
+
+    def _output_so_far(self, stream: str) -> str:
+        return "".join(self._received.get(stream, ()))
 
     def _died(self) -> Outcome:
         assert self.proc is not None
@@ -139,6 +184,8 @@ class Executor:
                 "traceback": "",
             },
             namespace_lost=True,
+            stdout=self._output_so_far("stdout"),
+            stderr=self._output_so_far("stderr"),
         )
 
     def _kill(self, ename: str, evalue: str) -> Outcome:
@@ -148,6 +195,8 @@ class Executor:
             ok=False,
             error={"ename": ename, "evalue": f"{evalue}; the engine's namespace was lost", "traceback": ""},
             namespace_lost=True,
+            stdout=self._output_so_far("stdout"),
+            stderr=self._output_so_far("stderr"),
         )
 
     def restart(self) -> None:
