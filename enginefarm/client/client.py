@@ -355,10 +355,12 @@ class Client(TaskFarming, HubMethods):
             raise RuntimeError("a done-callback cannot wait for results: it runs on the client's result "
                                "thread, which takes them in (wait in your own thread instead)")
         with collector.lock:
+            # Registered under the same hold that reads the results: an outcome taken in
+            # after this is struck from ``missing`` by the result thread.
             missing = {t for t in wanted if t not in self.results}
+            collector.watching(missing)
         foreign = missing - self.outstanding
         poll_s, next_poll = 0.02, 0.0
-        collector.watching(missing)
         try:
             while True:
                 if foreign and time.monotonic() >= next_poll:
