@@ -22,7 +22,9 @@ def test_magics_shell_escapes_and_the_namespace(cluster: Cluster, client: Client
     # What the cell defined is the engine's namespace: pull and apply see it
     assert view.pull("squares") == [0, 1, 4, 9]
     view.push({"offset": 10})
-    assert view.execute("squares[-1] + offset", block=False).execute_result["data"]["text/plain"] == "19"
+    value = view.execute("squares[-1] + offset", block=False)
+    value.get(timeout=TIMEOUT_S)
+    assert value.execute_result["data"]["text/plain"] == "19"
     assert sorted(view.keys()) == ["offset", "squares"]
 
 
