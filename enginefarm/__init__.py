@@ -67,3 +67,16 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS, *_MODULES])
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext enginefarm``: the %px magics in IPython and Jupyter (``enginefarm.ipython``)."""
+    from .ipython import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    from .ipython import unload_ipython_extension as unload
+
+    unload(ipython)

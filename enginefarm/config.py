@@ -18,6 +18,7 @@ from typing import Any
 from .errors import ConfigError
 
 _CLUSTER_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+ENGINE_SHELLS = ("auto", "ipython", "plain")
 ENV_PREFIX = "ENGINEFARM_"
 
 
@@ -60,6 +61,11 @@ class Settings:
     batch_window_s: float = 0.05
     # Cap on captured stdout/stderr per task, in bytes.
     output_cap_bytes: int = 65536
+    # How an engine runs ``execute``: 'auto' in IPython (magics, !cmd, rich display) when it is
+    # installed on the engine, else plain exec; 'ipython' or 'plain' to insist on one.
+    engine_shell: str = "auto"
+    # Cap on the rich outputs (display(), a cell's value) one execute returns, in bytes of JSON.
+    display_cap_bytes: int = 4 * 1024 * 1024
     # Largest signed request a client may send, and largest result an engine records.
     # RabbitMQ refuses messages over 128 MiB by default; stay well below.
     max_message_bytes: int = 32 * 1024 * 1024
@@ -106,6 +112,8 @@ class Settings:
             raise ConfigError("prefetch must be at least 1")
         if self.batch_max < 1 or not self.batch_window_s > 0:
             raise ConfigError("batch_max must be at least 1 and batch_window_s above 0")
+        if self.engine_shell not in ENGINE_SHELLS:
+            raise ConfigError(f"engine_shell is one of {', '.join(ENGINE_SHELLS)}, not {self.engine_shell!r}")
         check_amqp_url(self.amqp_url)
         check_redis_url(self.redis_url)
 

@@ -143,8 +143,12 @@ class RemoteError(EnginefarmError):
         print(self.render_traceback())
 
     def _render_traceback_(self) -> list[str]:
-        # IPython shows this instead of a local traceback of the re-raise.
-        return self.render_traceback().splitlines()
+        # IPython shows this instead of a local traceback of the re-raise: the remote one,
+        # under the engine it came from (a failure without one names its engine already).
+        if not self.traceback:
+            return [str(self)]
+        where = [f"[engine {self.engine_id}]:"] if self.engine_id is not None else []
+        return where + self.traceback.splitlines()
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RemoteError:
@@ -228,6 +232,14 @@ class CompositeError(RemoteError):
 
     def print_traceback(self, excid: int | None = None) -> None:
         print(self.render_traceback(excid))
+
+    def _render_traceback_(self) -> list[str]:
+        lines: list[str] = []
+        for err in self.errors[: self.tb_limit]:
+            lines += [*err._render_traceback_(), ""]
+        if len(self.errors) > self.tb_limit:
+            lines.append(f"... {len(self.errors) - self.tb_limit} more exceptions ...")
+        return lines
 
     def raise_exception(self, index: int = 0) -> None:
         """Re-raise the failure of one target (the first by default)."""

@@ -314,6 +314,7 @@ class FieldType(Enum):
     FLOAT = "float"
     INT = "int"
     JSON = "json"
+    JSON_LIST = "json-list"
     BYTES = "bytes"
     FLAG = "flag"  # "1" or absent
     IDS = "ids"  # comma-separated engine ids, in order, repeats kept (losses are counted)
@@ -343,6 +344,9 @@ RECORD_FIELDS: tuple[RecordField, ...] = (
     RecordField("retries", T.INT),
     RecordField("stdout", T.TEXT, result=True),
     RecordField("stderr", T.TEXT, result=True),
+    # An IPython execute's display outputs and last value: mime bundles (ipyparallel's names).
+    RecordField("outputs", T.JSON_LIST, result=True, listed=False),
+    RecordField("execute_result", T.JSON, result=True, listed=False),
     RecordField("error", T.JSON, result=True),
     RecordField("summary", T.TEXT, result=True),
     RecordField("result", T.BYTES, result=True, listed=False),
@@ -424,6 +428,11 @@ def _parse(kind: FieldType, text: str) -> Any:
         if not isinstance(value, dict):
             raise ValueError("not an object")
         return value
+    if kind is FieldType.JSON_LIST:
+        value = json.loads(text)
+        if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+            raise ValueError("not a list of objects")
+        return value
     if kind is FieldType.FLAG:
         return text == "1"
     if kind is FieldType.IDS:
@@ -447,6 +456,8 @@ class TaskRecord:
     retries: int = 0
     stdout: str = ""
     stderr: str = ""
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    execute_result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     summary: str = ""
     result: bytes | None = None

@@ -151,6 +151,18 @@ class Client(TaskFarming, HubMethods):
             return DirectView(self, "all")
         return self[slice(None) if targets is None else targets]
 
+    def activate(self, targets: ViewKey = "all", suffix: str = "") -> DirectView:
+        """A blocking view on ``targets``, with the %px magics registered on it in the running
+        IPython: %px{suffix}, %%px{suffix}, %autopx{suffix}, %pxresult{suffix}, %pxconfig{suffix}.
+
+        Raises:
+            RuntimeError: no IPython shell is running.
+        """
+        view = self.direct_view(targets)
+        view.block = True
+        view.activate(suffix)
+        return view
+
     def wait_for_engines(self, n: int | None = None, *, timeout: float = -1) -> None:
         """Block until at least ``n`` engines are alive (``timeout`` negative: no limit).
 

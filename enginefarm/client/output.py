@@ -151,6 +151,9 @@ class OutputMethods:
     task_ids: list[str]
     _single: bool
 
+    def ready(self) -> bool:
+        raise NotImplementedError  # AsyncResult's
+
     @property
     def stdout(self) -> Any:
         """What each task printed to stdout: so far while it runs, all of it (as recorded,
@@ -175,6 +178,13 @@ class OutputMethods:
         """
         if groupby not in GROUPINGS:
             raise ValueError(f"groupby must be one of {', '.join(GROUPINGS)}, not {groupby!r}")
+        if file is None and self.ready() and self._rich():
+            # IPython engines' displays and values too, drawn by the shell (a notebook
+            # renders them), in their place among the text.
+            from ..ipython import display
+
+            display.show(self, _shell(), groupby)
+            return
         outputs = self._outputs(self.task_ids)
         blocks = [(index, o) for o in outputs for index in range(2)]
         if groupby != "engine":
@@ -186,6 +196,17 @@ class OutputMethods:
                 out = file or (sys.stdout if index == 0 else sys.stderr)
                 out.write(text)
                 out.flush()
+
+    def _rich(self) -> bool:
+        """Whether an IPython engine displayed something or gave a value (IPython here too)."""
+        metadata = [self._client.metadata_for(t) for t in self.task_ids]
+        if not any(m.get("outputs") or m.get("execute_result") for m in metadata):
+            return False
+        try:
+            import IPython  # noqa: F401
+        except ImportError:
+            return False
+        return True
 
     def stream_outputs(self, file: TextIO | None = None, timeout: float | None = None) -> bool:
         """Print the tasks' output as it arrives, each line prefixed by its stream and engine
@@ -228,3 +249,10 @@ class OutputMethods:
         if self._single:
             return values[0] if values else None
         return values
+
+
+def _shell() -> Any:
+    """The running IPython shell, or None outside IPython."""
+    from IPython.core.getipython import get_ipython
+
+    return get_ipython()

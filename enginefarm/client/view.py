@@ -327,6 +327,16 @@ class DirectView:
                 if r is not None and r.engine_id in engine_ids and not r.done]
         return self.client.abort(held)
 
+    def activate(self, suffix: str = "") -> None:
+        """Register the %px magics on this view in the running IPython (``Client.activate``).
+
+        Raises:
+            RuntimeError: no IPython shell is running.
+        """
+        from ..ipython import activate
+
+        activate(self, suffix)
+
     def get_ids(self) -> list[int]:
         return self.client.ids
 

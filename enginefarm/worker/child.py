@@ -48,6 +48,7 @@ def interrupt_request(signum: int, frame: FrameType | None) -> None:
     half set: anywhere outside ``run_command`` (waiting for a request, sending an outcome) an
     interrupt would break the loop or leave half a frame on the socket.
     """
+    __tracebackhide__ = True  # IPython leaves this frame out of the cell's traceback
     while frame is not None:
         if frame.f_code is run_command.__code__:
             raise KeyboardInterrupt
@@ -71,8 +72,7 @@ def run_interruptibly(state: EngineState, header: dict[str, Any], payload: bytes
         return outcome
 
 
-def serve(conn: Connection, cap: int) -> None:
-    state = EngineState()
+def serve(conn: Connection, cap: int, state: EngineState) -> None:
     tap = OutputTap(conn)
     tap.start()
     while True:
@@ -87,6 +87,7 @@ def serve(conn: Connection, cap: int) -> None:
 
 def main(argv: list[str]) -> None:
     fd, parent_pid, cap = int(argv[0]), int(argv[1]), int(argv[2])
+    state = EngineState(shell_mode=argv[3], display_cap=int(argv[4]))
     die_with_parent(parent_pid)
     # SIGTERM acts as it does on any process, whatever the supervisor inherited. SIGINT, which
     # the supervisor kept blocked while this process started, interrupts running requests only
@@ -94,7 +95,7 @@ def main(argv: list[str]) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, interrupt_request)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    serve(Connection(fd), cap)
+    serve(Connection(fd), cap, state)
 
 
 if __name__ == "__main__":

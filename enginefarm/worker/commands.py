@@ -9,30 +9,52 @@ from __future__ import annotations
 import builtins
 import io
 import reprlib
+import signal
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from .. import serialization
+from ..config import ENGINE_SHELLS, Settings
 from ..errors import UnmetDependency
 from .binding import Binder, bind_request, mentions_engine_side
 
 
 @dataclass
 class EngineState:
-    """The persistent namespace and the history of executed code."""
+    """The persistent namespace and the history of executed code.
+
+    ``shell_mode`` says how ``execute`` runs code (``Settings.engine_shell``): 'ipython' in an
+    IPython shell (``ishell``), 'plain' with ``exec``, 'auto' in IPython when it is installed.
+    ``outputs`` and ``execute_result`` are the rich display outputs of the request running now.
+    """
 
     namespace: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    shell_mode: str = "plain"
+    display_cap: int = Settings.display_cap_bytes
+    shell: Any = None  # ishell.EngineShell, made by the first execute that wants one
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    execute_result: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
+        if self.shell_mode not in ENGINE_SHELLS:
+            raise ValueError(f"shell_mode is one of {', '.join(ENGINE_SHELLS)}, not {self.shell_mode!r}")
         self.reset()
+
+    def begin_request(self) -> None:
+        self.outputs, self.execute_result = [], None
 
     def reset(self) -> None:
         self.namespace.clear()
         self.namespace.update({"__name__": "__main__", "__builtins__": builtins})
+        if self.shell is not None:
+            from . import ishell
+
+            ishell.refill(self.shell)
 
 
 class CappedWriter(io.TextIOBase):
@@ -84,10 +106,57 @@ def _names(request: Any) -> list[str]:
     return [request] if isinstance(request, str) else list(request)
 
 
+class CellFailed(Exception):
+    """Code run by IPython raised ``error``; ``traceback`` is IPython's text of it (the cell's
+    frames, not this module's)."""
+
+    def __init__(self, error: BaseException, traceback: str) -> None:
+        super().__init__(error)
+        self.error = error
+        self.traceback = traceback
+
+
 def cmd_execute(state: EngineState, code: str) -> None:
     entry = {"number": len(state.history), "input": code, "stdout": "", "stderr": ""}
     state.history.append(entry)
-    exec(compile(code, f"<execute-{entry['number']}>", "exec"), state.namespace)
+    shell = _shell(state)
+    if shell is None:
+        exec(compile(code, f"<execute-{entry['number']}>", "exec"), state.namespace)
+        return
+    from . import ishell
+
+    ishell.run(state, shell, code, state.display_cap)
+
+
+def _shell(state: EngineState) -> Any:
+    """The IPython shell ``execute`` runs code in, or None for plain ``exec``.
+
+    Raises:
+        ImportError: ``shell_mode`` 'ipython' on an engine without IPython.
+    """
+    if state.shell is None and state.shell_mode != "plain":
+        # An interrupt waits until IPython is imported and its shell built (it then fails this
+        # request): landing half-way, it would leave either half made.
+        with sigint_deferred():
+            try:
+                from . import ishell
+            except ImportError:
+                if state.shell_mode == "ipython":
+                    raise
+                state.shell_mode = "plain"  # 'auto' without IPython: do not try again
+                return None
+            state.shell = ishell.make_shell(state.namespace)
+    return state.shell
+
+
+@contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """SIGINT held back (in this thread) until the block ends."""
+    saved = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, saved)
 
 
 def cmd_apply(state: EngineState, request: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> Any:
@@ -113,7 +182,12 @@ def cmd_reset(state: EngineState, request: Any) -> None:
 
 
 def cmd_keys(state: EngineState, request: Any) -> list[str]:
-    return sorted(k for k in state.namespace if not (k.startswith("__") and k.endswith("__")))
+    names = sorted(k for k in state.namespace if not (k.startswith("__") and k.endswith("__")))
+    if state.shell is None:
+        return names
+    from . import ishell
+
+    return ishell.hidden(state.shell, names)
 
 
 def cmd_get_result(state: EngineState, index: int | None) -> dict[str, Any]:
@@ -195,6 +269,9 @@ def _text(exc: BaseException) -> str:
 
 
 def error_outcome(exc: BaseException, stage: str = "") -> dict[str, Any]:
+    if isinstance(exc, CellFailed):
+        error = {"ename": type(exc.error).__name__, "evalue": _text(exc.error), "traceback": exc.traceback}
+        return {"ok": False, "error": error}
     try:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     except Exception:
@@ -275,6 +352,7 @@ def run_command(state: EngineState, header: dict[str, Any], payload: bytes, cap:
     out, err = CappedWriter(cap), CappedWriter(cap)
     if attach is not None:
         attach(out, err)
+    state.begin_request()
     saved = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = out, err
     try:
@@ -292,6 +370,11 @@ def run_command(state: EngineState, header: dict[str, Any], payload: bytes, cap:
     if kind == "execute" and state.history:
         state.history[-1].update(stdout=out.getvalue(), stderr=err.getvalue())
     outcome.update(stdout=out.getvalue(), stderr=err.getvalue())
+    # What an IPython cell displayed, also when it then failed (as a notebook keeps it).
+    if state.outputs:
+        outcome["outputs"] = state.outputs
+    if state.execute_result is not None:
+        outcome["execute_result"] = state.execute_result
     if outcome["ok"]:
         try:
             outcome["value"] = serialization.dumps(value, f"the result of {kind}")

@@ -143,7 +143,7 @@ class Engine:
         if self.engine_id < 0:
             raise EnginefarmError(f"cluster {s.cluster!r} already has {s.max_engines} engines")
         self.registry.set_properties(self.engine_id, self.properties)
-        self.executor = Executor(s.output_cap_bytes)
+        self.executor = Executor(s.output_cap_bytes, s.engine_shell, s.display_cap_bytes)
         self.executor.start()
         self.live = OutputRelay(stores.output)
         self.consumer = Consumer(
@@ -554,6 +554,10 @@ class Engine:
             outcome.value = None
         # Empty output is left out: two fewer fields in every quiet task's record.
         fields: dict[str, Any] = {k: v for k, v in (("stdout", outcome.stdout), ("stderr", outcome.stderr)) if v}
+        if outcome.outputs:
+            fields["outputs"] = json.dumps(outcome.outputs)
+        if outcome.execute_result is not None:
+            fields["execute_result"] = json.dumps(outcome.execute_result)
         if outcome.ok:
             fields["summary"] = outcome.summary
             fields["result"] = self.records.seal_value(task_id, "result", outcome.value or b"")

@@ -21,6 +21,7 @@ from multiprocessing.connection import Connection
 from collections.abc import Callable
 from typing import Any
 
+from ..config import Settings
 from .tap import decode_output, is_output
 
 OutputSink = Callable[[dict[str, str]], None]
@@ -35,6 +36,9 @@ class Outcome:
     summary: str = ""
     stdout: str = ""
     stderr: str = ""
+    # What an IPython cell displayed: display() bundles, and the value of its last expression.
+    outputs: list[dict[str, Any]] | None = None
+    execute_result: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     # The child was killed or died: the namespace is gone.
     namespace_lost: bool = False
@@ -52,8 +56,11 @@ def _signal_name(code: int) -> str:
 class Executor:
     """One child process at a time; ``run`` is called from a single worker thread."""
 
-    def __init__(self, output_cap_bytes: int) -> None:
+    def __init__(self, output_cap_bytes: int, shell: str = Settings.engine_shell,
+                 display_cap_bytes: int = Settings.display_cap_bytes) -> None:
         self.cap = output_cap_bytes
+        self.shell = shell
+        self.display_cap = display_cap_bytes
         self.proc: subprocess.Popen[bytes] | None = None
         self.conn: Connection | None = None
         self._interrupt = threading.Event()
@@ -68,7 +75,8 @@ class Executor:
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "enginefarm.worker.child", str(child.fileno()), str(os.getpid()), str(self.cap)],
+                [sys.executable, "-m", "enginefarm.worker.child", str(child.fileno()), str(os.getpid()), str(self.cap),
+                 self.shell, str(self.display_cap)],
                 pass_fds=(child.fileno(),),
                 stdin=subprocess.DEVNULL,
                 # Its own session: a terminal's Ctrl-C or a signal to the engine's process

@@ -50,10 +50,16 @@ def test_remote_exception_comes_back_as_remote_error(client, engine):
     assert str(err) == "[engine 0] ValueError: bad input 17"
 
 
-def test_remote_exception_from_execute_names_the_cell_and_line(client, engine):
+# How each engine shell names the first cell's line 2 (engines run IPython when they have it).
+CELL_LINE = {"plain": 'File "<execute-0>", line 2', "ipython": "Cell In[1], line 2"}
+
+
+@pytest.mark.parametrize("shell", list(CELL_LINE))
+def test_remote_exception_from_execute_names_the_cell_and_line(cluster, client, shell):
+    cluster.start_engine(env_extra={"ENGINEFARM_ENGINE_SHELL": shell})
     err = remote_error(lambda: client[0].execute("a = 1\nraise KeyError('missing thing')"))
     assert (err.ename, err.evalue, err.engine_id) == ("KeyError", "'missing thing'", 0)
-    assert 'File "<execute-0>", line 2' in err.traceback
+    assert CELL_LINE[shell] in err.traceback
 
 
 def test_failure_is_recorded_in_metadata(client, engine):

@@ -66,7 +66,9 @@ def test_signal_number_refuses_anything_else(sig):
 # --- a real child under SIGINT --------------------------------------------------------------
 @pytest.fixture
 def executor() -> Iterator[Executor]:
-    handle = Executor(output_cap_bytes=10_000)
+    # Plain exec: the tracebacks asserted here name its <execute-N> (tests/unit/test_ishell.py
+    # interrupts IPython cells).
+    handle = Executor(output_cap_bytes=10_000, shell="plain")
     handle.start()
     try:
         yield handle

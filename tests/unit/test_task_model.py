@@ -265,6 +265,9 @@ def test_the_schema_names_each_field_once() -> None:
     ("engine_id", b"-1", -1),
     ("error", b'{"ename": "E"}', {"ename": "E"}),
     ("last_error", b"{}", {}),
+    ("outputs", b'[{"data": {"text/plain": "x"}}]', [{"data": {"text/plain": "x"}}]),
+    ("outputs", b"[]", []),
+    ("execute_result", b'{"data": {}, "execution_count": 3}', {"data": {}, "execution_count": 3}),
     ("result", b"\x00\xff sealed", b"\x00\xff sealed"),
     ("request", b"", b""),
     ("namespace_lost", b"1", True),
@@ -293,6 +296,7 @@ MALFORMED_FIELDS: list[tuple[str, bytes]] = [
     ("error", b"null"),
     ("last_error", b"[" * 100_000),  # deeper than the parser goes
     *((name, b"1,x") for name in names_of(FieldType.IDS)),
+    *((name, raw) for name in names_of(FieldType.JSON_LIST) for raw in (b"not json", b'{"a": 1}', b"[1, 2]", b"null")),
     ("failed_on", b"1.5"),
 ]
 
