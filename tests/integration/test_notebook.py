@@ -61,4 +61,13 @@ def test_the_example_notebook_runs_against_a_cluster(cluster: Cluster, settings:
     assert text_of(cell_starting(nb, 'view.push({"a": 10})')) == "[20, 20]"
     assert text_of(cell_starting(nb, "view.map_sync")) == "[0, 1, 4, 9, 16, 25, 36, 49]"
     assert text_of(cell_starting(nb, "ar = view.apply_async")) == "[1024, 1024]"
+    assert text_of(cell_starting(nb, "import asyncio")) == "[1, 3, 9, 27, 81]"
+    streamed = text_of(cell_starting(nb, "%%px --stream"))
+    for engine_id in ids:
+        assert re.findall(rf"\[stdout:{engine_id}\] (step \d)", streamed) == ["step 0", "step 1", "step 2"]
+    assert text_of(cell_starting(nb, "sum(lview.imap")) == str(sum(abs(i - 50_000) for i in range(100_000)))
+    bar = cell_starting(nb, "squares = lview.map_async")
+    assert text_of(bar).endswith(str(sum(n * n for n in range(200))))
+    # The progress bar is a notebook widget there, not text
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in bar.outputs)
     assert os.path.isdir(tmp_path / "ipython")  # the kernel kept its IPython files here
