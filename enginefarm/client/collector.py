@@ -31,6 +31,7 @@ _READ_S = 0.5
 # A safety net reads statuses directly, at most this many tasks a second, when no outcome
 # came for a second (an inbox entry lost with a Redis restart, say).
 _SWEEP_BATCH = 2000
+_FOREIGN_POLL_S = 0.25
 
 
 class Collector:
@@ -41,6 +42,8 @@ class Collector:
         self.arrived = threading.Condition(self.lock)
         self._waiting: dict[str, list[AsyncResult]] = {}
         self._wait_sets: list[set[str]] = []
+        self._foreign: set[str] = set()  # awaited by futures, not in our inbox's future
+        self._next_foreign_poll = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_arrival = 0.0
@@ -113,12 +116,15 @@ class Collector:
                 backoff = min(backoff * 2, 2.0)
 
     def _poll_foreign(self) -> None:
-        """Tasks of other clients never reach our inbox: read their statuses."""
-        client = self._client
+        """Tasks of other clients (and ours taken in before, then forgotten) never reach our
+        inbox: read their statuses, a few times a second."""
+        now = time.monotonic()
+        if not self._foreign or now < self._next_foreign_poll:
+            return
+        self._next_foreign_poll = now + _FOREIGN_POLL_S
         with self.lock:
-            foreign = [t for t in self._waiting if t not in client.outstanding and t not in client.results]
-        if foreign:
-            client._absorb_finished(foreign[:_SWEEP_BATCH])
+            foreign = list(self._foreign)[:_SWEEP_BATCH]
+        self._client._absorb_finished(foreign)
 
     def _sweep(self) -> None:
         client = self._client
@@ -147,8 +153,11 @@ class Collector:
         with self.lock:
             missing = {t for t in task_ids if t not in results}
             result._left = len(missing)
+            outstanding = self._client.outstanding
             for task_id in missing:
                 self._waiting.setdefault(task_id, []).append(result)
+                if task_id not in outstanding:
+                    self._foreign.add(task_id)
         if missing:
             self.start()
         return not missing
@@ -158,6 +167,8 @@ class Collector:
         self.last_arrival = time.monotonic()
         for wanted in self._wait_sets:
             wanted.difference_update(task_ids)
+        if self._foreign:
+            self._foreign.difference_update(task_ids)
         complete = []
         for task_id in task_ids:
             for result in self._waiting.pop(task_id, ()):

@@ -352,3 +352,19 @@ def test_imap_refuses_bad_arguments(lview):
         lview.imap(ft.square, [1], max_outstanding=0)
     with pytest.raises(ValueError):
         lview.imap(ft.square, [1], chunksize=0)
+
+
+def test_a_future_on_another_clients_task_settles_when_it_ends(lview, settings, gates):
+    from enginefarm import Client
+
+    gate = gates.new()
+    task_id = lview.apply_async(ft.gate, gate).msg_id
+    with Client(settings=settings) as other:
+        ar = other.get_result(task_id, block=False)
+        fired = threading.Event()
+        ar.add_done_callback(lambda _f: fired.set())
+        assert not ar.done()
+        gates.open(gate)
+        # Its outcome goes to the first client's inbox: this one reads the status.
+        assert fired.wait(TIMEOUT_S)
+        assert ar.result() == "released"
