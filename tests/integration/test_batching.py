@@ -14,15 +14,9 @@ from enginefarm.store.records import NewTask
 
 from ..harness import wait_for
 from . import farm_tasks as ft
+from .gatefiles import gates  # noqa: F401  (a fixture)
 
 TIMEOUT_S = 60
-
-
-@pytest.fixture
-def gates(tmp_path):
-    handle = ft.Gates(tmp_path)
-    yield handle
-    handle.open_all()
 
 
 @pytest.fixture

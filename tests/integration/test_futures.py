@@ -14,15 +14,17 @@ from enginefarm.errors import TimeoutError
 
 from ..harness import wait_for
 from . import farm_tasks as ft
+from .gatefiles import gates  # noqa: F401  (a fixture)
 
 TIMEOUT_S = 60
 
 
 @pytest.fixture
-def gates(tmp_path):
-    handle = ft.Gates(tmp_path)
-    yield handle
-    handle.open_all()
+def one_engine_lview(cluster, client):
+    cluster.start_scheduler()
+    cluster.start_engine()
+    client.wait_for_engines(1, timeout=TIMEOUT_S)
+    return client.load_balanced_view()
 
 
 @pytest.fixture
@@ -101,11 +103,8 @@ def test_running_is_true_while_an_engine_runs_the_task(lview, gates):
     assert not ar.running()
 
 
-def test_cancel_aborts_a_task_that_has_not_started_and_only_that(cluster, client, gates):
-    cluster.start_scheduler()
-    cluster.start_engine()
-    client.wait_for_engines(1, timeout=TIMEOUT_S)
-    lview = client.load_balanced_view()
+def test_cancel_aborts_a_task_that_has_not_started_and_only_that(one_engine_lview, client, gates):
+    lview = one_engine_lview
     gate = gates.new()
     busy = lview.apply_async(ft.gate, gate)
     wait_for(busy.running, TIMEOUT_S, "the engine to be busy")
@@ -239,11 +238,8 @@ def test_a_view_executor_submits_maps_and_shuts_down(lview):
         ex.map(ft.square, [1])
 
 
-def test_executor_map_times_out_and_cancel_futures_aborts_the_rest(cluster, client, gates):
-    cluster.start_scheduler()
-    cluster.start_engine()
-    client.wait_for_engines(1, timeout=TIMEOUT_S)
-    ex = client.executor()
+def test_executor_map_times_out_and_cancel_futures_aborts_the_rest(one_engine_lview, client, gates):
+    ex = one_engine_lview.executor()
     gate = gates.new()
     results = ex.map(ft.gate, [gate], timeout=0.3)
     with pytest.raises(futures.TimeoutError):
@@ -313,11 +309,8 @@ def test_imap_raises_a_failed_items_error_in_place(lview):
     assert info.value.ename == "ZeroDivisionError"
 
 
-def test_closing_imap_early_aborts_what_has_not_started(cluster, client, gates):
-    cluster.start_scheduler()
-    cluster.start_engine()
-    client.wait_for_engines(1, timeout=TIMEOUT_S)
-    lview = client.load_balanced_view()
+def test_closing_imap_early_aborts_what_has_not_started(one_engine_lview, client, gates):
+    lview = one_engine_lview
     gate = gates.new()
     read = []
 

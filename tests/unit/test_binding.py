@@ -3,7 +3,6 @@ request runs; ``run_command`` is called in-process, exactly as the child calls i
 
 from __future__ import annotations
 
-import pickle
 from typing import Any
 
 import pytest
@@ -14,7 +13,7 @@ from enginefarm.reference import is_interactive
 from enginefarm.worker.binding import Binder, mentions_engine_side
 from enginefarm.worker.commands import EngineState, run_command
 
-CAP = 1000
+from .engine_calls import CAP, error_of, run, value_of
 
 
 @pytest.fixture
@@ -22,19 +21,10 @@ def state() -> EngineState:
     return EngineState()
 
 
-def run(state: EngineState, kind: str, request: Any = None, **header: Any) -> dict[str, Any]:
-    payload = serialization.dumps(request) if request is not None else b""
-    return run_command(state, {"kind": kind, **header}, payload, CAP)
 
 
-def value_of(outcome: dict[str, Any]) -> Any:
-    assert outcome["ok"] is True, outcome
-    return pickle.loads(outcome["value"])
 
 
-def error_of(outcome: dict[str, Any]) -> dict[str, Any]:
-    assert outcome["ok"] is False, outcome
-    return dict(outcome["error"])
 
 
 def echo(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:

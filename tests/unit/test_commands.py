@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import pickle
 import sys
 import threading
 
@@ -14,7 +13,7 @@ import pytest
 from enginefarm import serialization
 from enginefarm.worker.commands import COMMANDS, CappedWriter, EngineState, run_command
 
-CAP = 1000
+from .engine_calls import CAP, error_of, run, value_of
 
 
 @pytest.fixture
@@ -22,19 +21,10 @@ def state() -> EngineState:
     return EngineState()
 
 
-def run(state: EngineState, kind: str, request=None, cap: int = CAP, **header):
-    payload = serialization.dumps(request) if request is not None else b""
-    return run_command(state, {"kind": kind, **header}, payload, cap)
 
 
-def value_of(outcome):
-    assert outcome["ok"] is True, outcome
-    return pickle.loads(outcome["value"])
 
 
-def error_of(outcome):
-    assert outcome["ok"] is False, outcome
-    return outcome["error"]
 
 
 def user_keys(state: EngineState) -> list[str]:

@@ -3,18 +3,17 @@ worker/binding.py), and what the retry policy makes of a refusal (schedulers/ret
 
 from __future__ import annotations
 
-import pickle
 import types
 from typing import Any
 
 import pytest
 
-from enginefarm import Reference, UnmetDependency, depend, interactive, require, serialization
+from enginefarm import Reference, UnmetDependency, depend, interactive, require
 from enginefarm.chunks import call_chunk
 from enginefarm.schedulers import retry
-from enginefarm.worker.commands import EngineState, run_command
+from enginefarm.worker.commands import EngineState
 
-CAP = 1000
+from .engine_calls import run, value_of
 MISSING = "enginefarm_no_such_module_xyz"
 
 
@@ -23,17 +22,12 @@ def state() -> EngineState:
     return EngineState()
 
 
-def run(state: EngineState, kind: str, request: Any, **header: Any) -> dict[str, Any]:
-    return run_command(state, {"kind": kind, **header}, serialization.dumps(request), CAP)
 
 
 def lb_task(f: Any, *args: Any) -> dict[str, Any]:
     return {"call": (f, args, {}), "depend": None, "recovery": None}
 
 
-def value_of(outcome: dict[str, Any]) -> Any:
-    assert outcome["ok"] is True, outcome
-    return pickle.loads(outcome["value"])
 
 
 def double(x: int) -> int:

@@ -7,7 +7,6 @@ end.
 
 from __future__ import annotations
 
-import pickle
 import signal
 import sys
 from collections.abc import Iterator
@@ -18,10 +17,17 @@ import pytest
 import enginefarm.worker
 from enginefarm import Reference, serialization
 from enginefarm.worker import ishell
-from enginefarm.worker.commands import EngineState, run_command
+from enginefarm.worker.commands import EngineState
 from enginefarm.worker.executor import Executor
 
+from . import engine_calls
+from .engine_calls import error_of, value_of
+
 CAP = 10_000
+
+
+def run(state: EngineState, kind: str, request: Any = None, **header: Any) -> dict[str, Any]:
+    return engine_calls.run(state, kind, request, CAP, **header)
 
 
 @pytest.fixture
@@ -38,19 +44,10 @@ def state(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> Iterator[EngineStat
         sys.modules["__main__"] = main
 
 
-def run(state: EngineState, kind: str, request: Any = None, **header: Any) -> dict[str, Any]:
-    payload = serialization.dumps(request) if request is not None else b""
-    return run_command(state, {"kind": kind, **header}, payload, CAP)
 
 
-def value_of(outcome: dict[str, Any]) -> Any:
-    assert outcome["ok"] is True, outcome
-    return pickle.loads(outcome["value"])
 
 
-def error_of(outcome: dict[str, Any]) -> dict[str, Any]:
-    assert outcome["ok"] is False, outcome
-    return outcome["error"]
 
 
 def test_shell_escapes_and_magics_run(state):
