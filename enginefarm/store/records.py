@@ -13,6 +13,7 @@ to their task id: write access to Redis does not grant code execution in a clien
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from .connection import HeldScript, translate_errors
 PENDING, RUNNING, COMPLETED, FAILED, ABORTED = (
     Status.PENDING, Status.RUNNING, Status.COMPLETED, Status.FAILED, Status.ABORTED)
 # Bookkeeping fields a finished record sheds, in the order the transition script reads them.
+log = logging.getLogger(__name__)
+
 _BOOKKEEPING = ("_claimed_key", "_pending_key", "_inbox", "_notify", "_seq", "_ticket")
 
 # Any number of state changes in one call, applied in order. KEYS[1] = scheduler backlog;
@@ -654,8 +657,17 @@ class Records:
     def pop_inbox(self, client_id: str, timeout_s: float) -> list[tuple[str, TaskRecord | None]]:
         """Tasks whose outcome was recorded for this client, with the finished record when it
         came along (else None: read it with ``get_many``); waits up to ``timeout_s``."""
-        return [inbox_entry(raw) for raw in self._pop_raw(self.names.client_inbox(client_id), timeout_s)
-                if raw != WAKE]
+        entries = []
+        for raw in self._pop_raw(self.names.client_inbox(client_id), timeout_s):
+            if raw == WAKE:
+                continue
+            try:
+                entries.append(inbox_entry(raw))
+            except StoreError as exc:
+                # One bad entry must not take the others with it; its task's outcome is
+                # found by the client's sweep of statuses.
+                log.warning("skipping an inbox entry: %s", exc)
+        return entries
 
     def wake_inbox(self, client_id: str) -> None:
         """End a wait on the inbox at once: an empty entry, which ``pop_inbox`` skips."""

@@ -361,3 +361,16 @@ def test_a_future_on_another_clients_task_settles_when_it_ends(lview, settings, 
         # Its outcome goes to the first client's inbox: this one reads the status.
         assert fired.wait(TIMEOUT_S)
         assert ar.result() == "released"
+
+
+def test_a_malformed_inbox_entry_does_not_take_the_others_with_it(lview, settings):
+    from enginefarm import Client
+
+    task_id = lview.apply_async(ft.square, 6).msg_id
+    wait_for(lambda: status_of(lview.client, task_id) == "completed", TIMEOUT_S, "the task to complete")
+    with Client(settings=settings) as other:
+        inbox = other.names.client_inbox(other.client_id)
+        # Popped together (oldest first): a torn packed record, then a plain task id.
+        other.records.redis.lpush(inbox, b"\0garbage", task_id.encode())
+        other.spin()
+        assert other.results == {task_id: 36}
