@@ -49,6 +49,8 @@ class Collector:
         self.last_arrival = 0.0
         self._last_sweep = 0.0
         self._sweep_at = 0
+        # Engines and schedulers reap too; a client that should leave it to them says so.
+        self.reaps = True
         s = client.settings
         self.reaper = Reaper(
             client.registry, client.records,
@@ -139,6 +141,8 @@ class Collector:
             # A window that moves on each time, so a large backlog is covered bit by bit.
             client._absorb_finished((ids[start:] + ids[:start])[:_SWEEP_BATCH])
             self._sweep_at = start + _SWEEP_BATCH
+        if not self.reaps:
+            return
         self.reaper.observe(True)
         # Nothing else reads the reaper's connection: unanswered heartbeats would let the
         # broker drop it.

@@ -95,6 +95,9 @@ def test_tasks_of_a_killed_engine_fail_with_engine_lost_reaped_by_a_peer(setting
     victim, survivor = cluster.start_engines(2)
     vid = victim.engine_id
     status_of = status_reader(cluster)
+    # This client leaves reaping to the engines (clients reap while they have tasks out).
+    client._connect()
+    client.collector.reaps = False
     child_pid = client[vid].apply(os.getpid)
     # Given a slow task running on the victim and several queued behind it
     slow, queued = load_engine(client, vid)

@@ -232,22 +232,41 @@ def test_direct_request_rerouted_to_another_engine_does_not_run_there(cluster, c
 
 
 # --- sealed values in Redis ---------------------------------------------------------------
-def result_bomb(path: str):
-    """A function whose *result*, when unpickled, creates ``path``. The engine only pickles it."""
+def result_bomb(path: str, gate: str):
+    """A function whose *result*, when unpickled, creates ``path``. The engine only pickles it.
+    It returns once ``gate`` exists."""
 
     class Bomb:
         def __reduce__(self):
             return (open, (path, "w"))
 
     def make_bomb():
+        import os
+        import time
+
+        while not os.path.exists(gate):
+            time.sleep(0.02)
         return Bomb()
 
     return make_bomb
 
 
-def run_without_reading(client, cluster, f) -> str:
-    """Run ``f`` on engine 0 and wait for its record to complete, without unpickling the result."""
+def run_to_completion(client, cluster, f) -> str:
+    """Run ``f`` on engine 0 and wait for its record to complete."""
     task_id = client[0].apply(f, block=False).task_ids[0]
+    r, key = cluster.redis(), cluster.names.task(task_id)
+    wait_for(lambda: r.hget(key, "status") == b"completed", TIMEOUT_S, f"task {task_id} to complete")
+    return task_id
+
+
+def run_bomb_unread(client, cluster, path, tmp_path) -> str:
+    """Run a result bomb on engine 0 and wait for its record to complete, without unpickling
+    the result: the client that sends it is closed before it ends (a live client takes in its
+    results as they arrive)."""
+    gate = tmp_path / "gate"
+    with Client(settings=client.settings) as sender:
+        task_id = sender[0].apply(result_bomb(path, str(gate)), block=False).task_ids[0]
+    gate.touch()
     r, key = cluster.redis(), cluster.names.task(task_id)
     wait_for(lambda: r.hget(key, "status") == b"completed", TIMEOUT_S, f"task {task_id} to complete")
     return task_id
@@ -256,7 +275,7 @@ def run_without_reading(client, cluster, f) -> str:
 def test_result_bomb_goes_off_when_read(settings, cluster, client, engine, tmp_path):
     """Control: an untampered result is unpickled by the reading client (and only by it)."""
     canary = tmp_path / "bomb"
-    task_id = run_without_reading(client, cluster, result_bomb(str(canary)))
+    task_id = run_bomb_unread(client, cluster, str(canary), tmp_path)
     assert not canary.exists()  # the engine pickled the result but never unpickled it
     with Client(settings=settings) as reader:
         handle = AsyncResult(reader, [task_id]).get(timeout=TIMEOUT_S)[0]
@@ -266,7 +285,7 @@ def test_result_bomb_goes_off_when_read(settings, cluster, client, engine, tmp_p
 
 def test_tampered_result_is_refused_and_never_unpickled(settings, cluster, client, engine, tmp_path):
     canary = tmp_path / "bomb"
-    task_id = run_without_reading(client, cluster, result_bomb(str(canary)))
+    task_id = run_bomb_unread(client, cluster, str(canary), tmp_path)
     # Given someone with write access to Redis flips one byte of the stored result
     r = cluster.redis()
     key = cluster.names.task(task_id)
@@ -292,8 +311,8 @@ def test_result_copied_from_another_task_is_refused(settings, cluster, client, e
     def value_b():
         return "value of B"
 
-    task_a = run_without_reading(client, cluster, value_a)
-    task_b = run_without_reading(client, cluster, value_b)
+    task_a = run_to_completion(client, cluster, value_a)
+    task_b = run_to_completion(client, cluster, value_b)
     r = cluster.redis()
     # Given task A's valid sealed result copied into task B's record
     r.hset(cluster.names.task(task_b), "result", r.hget(cluster.names.task(task_a), "result"))
@@ -308,9 +327,9 @@ def test_result_copied_from_another_task_is_refused(settings, cluster, client, e
 
 def test_unsigned_result_is_refused(settings, cluster, client, engine, tmp_path):
     canary = tmp_path / "bomb"
-    task_id = run_without_reading(client, cluster, lambda: 1)
+    task_id = run_to_completion(client, cluster, lambda: 1)
     # A raw pickle (of the bomb) written over the result: never unpickled.
-    raw = serialization.dumps(result_bomb(str(canary))())
+    raw = serialization.dumps(result_bomb(str(canary), str(tmp_path))())  # its gate is open
     cluster.redis().hset(cluster.names.task(task_id), "result", raw)
     with Client(settings=settings) as reader:
         with pytest.raises(SignatureError) as info:
