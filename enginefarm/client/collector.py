@@ -98,7 +98,16 @@ class Collector:
                 popped = client.records.pop_inbox(client.client_id, _READ_S)
                 if self._stop.is_set():
                     return
-                client._absorb_inbox(popped)
+                if popped:
+                    client._absorb_inbox(popped)
+                    if len(popped) < 32 and len(client.outstanding) > 64:
+                        # Outcomes trickle in while many are due: let a few gather rather
+                        # than take the GIL from the sending thread for each one.
+                        time.sleep(0.002)
+                    else:
+                        # Hand the GIL to a thread woken by these outcomes now, rather
+                        # than after this thread's next round.
+                        time.sleep(0)
                 self._poll_foreign()
                 self._sweep()
                 backoff = 0.1
