@@ -14,7 +14,7 @@ from typing import Any
 import pika
 import redis
 
-from enginefarm.config import Settings
+from enginefarm.config import Settings, split_urls
 from enginefarm.local import settings_env
 from enginefarm.names import Names
 
@@ -156,9 +156,14 @@ class Cluster:
         remove_cluster(self.settings)
 
 
+def amqp_connection(settings: Settings) -> pika.BlockingConnection:
+    """A plain pika connection to the first of the settings' AMQP URLs that answers."""
+    return pika.BlockingConnection([pika.URLParameters(url) for url in split_urls(settings.amqp_url)])
+
+
 def remove_cluster(settings: Settings, max_engine_id: int = 64) -> None:
     names = Names(settings.cluster)
-    conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    conn = amqp_connection(settings)
     try:
         channel = conn.channel()
         engine_queues = [q for i in range(max_engine_id) for q in (names.engine_queue(i), names.control_queue(i))]
@@ -176,7 +181,7 @@ def remove_cluster(settings: Settings, max_engine_id: int = 64) -> None:
 
 
 def queue_exists(settings: Settings, queue: str) -> bool:
-    conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    conn = amqp_connection(settings)
     try:
         conn.channel().queue_declare(queue, passive=True)
         return True
