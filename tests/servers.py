@@ -177,6 +177,10 @@ class PrivateRedis:
     def start(self, timeout_s: float = 30.0) -> None:
         os.makedirs(self.base_dir, exist_ok=True)
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"]
+        if self.host != "127.0.0.1":
+            # Protected mode refuses every client not on loopback while no password is set; the
+            # test hosts reach this server over their private bridge.
+            persistence += ["--protected-mode", "no"]
         with open(os.path.join(self.base_dir, "redis.log"), "ab") as log:
             self.proc = subprocess.Popen(
                 ["redis-server", "--bind", self.host, "--port", str(self.port), "--dir", self.base_dir,
