@@ -28,6 +28,15 @@ def cluster_option(fn: F) -> F:
                         help="Cluster name (prefixes every queue and key).")(fn)
 
 
+def server_options(fn: F) -> F:
+    """Where the daemons find RabbitMQ and Redis (default: ENGINEFARM_AMQP_URL, ENGINEFARM_REDIS_URL)."""
+    fn = click.option("--redis-url", default=None, metavar="URL",
+                      help="Redis URL (default $ENGINEFARM_REDIS_URL, else redis://127.0.0.1:6379/0).")(fn)
+    return click.option("--amqp-url", default=None, metavar="URL[,URL...]",
+                        help="RabbitMQ URL, or several separated by commas (nodes of one cluster, "
+                             "tried in turn); default $ENGINEFARM_AMQP_URL, else the loopback broker.")(fn)
+
+
 def metrics_options(fn: F) -> F:
     fn = click.option("--metrics-addr", default=None, metavar="ADDRESS",
                       help="Address the metrics listen on (default 127.0.0.1; 0.0.0.0 for every interface).")(fn)
@@ -90,13 +99,15 @@ def keygen(path: str | None, force: bool) -> None:
 @cluster_option
 @click.option("--property", "properties", multiple=True, metavar="KEY=VALUE",
               help="Engine property (repeatable); VALUE may be JSON.")
+@server_options
 @metrics_options
-def engine(cluster: str | None, properties: tuple[str, ...], metrics_port: int | None,
-           metrics_addr: str | None) -> None:
+def engine(cluster: str | None, properties: tuple[str, ...], amqp_url: str | None, redis_url: str | None,
+           metrics_port: int | None, metrics_addr: str | None) -> None:
     """Run one engine daemon in the foreground."""
     from .worker.engine import Engine
 
-    settings = run_guarded(Settings.load, cluster=cluster, metrics_port=metrics_port, metrics_addr=metrics_addr)
+    settings = run_guarded(Settings.load, cluster=cluster, amqp_url=amqp_url, redis_url=redis_url,
+                           metrics_port=metrics_port, metrics_addr=metrics_addr)
     daemon = Engine(settings, parse_properties(properties))
     daemon.install_signal_handlers()
     code = run_guarded(daemon.run)
@@ -107,15 +118,17 @@ def engine(cluster: str | None, properties: tuple[str, ...], metrics_port: int |
 @cluster_option
 @click.option("--scheme", default=None, envvar="ENGINEFARM_SCHEME",
               help="Scheduling scheme: fifo (default), lifo or priority.")
+@server_options
 @metrics_options
-def scheduler(cluster: str | None, scheme: str | None, metrics_port: int | None, metrics_addr: str | None) -> None:
+def scheduler(cluster: str | None, scheme: str | None, amqp_url: str | None, redis_url: str | None,
+              metrics_port: int | None, metrics_addr: str | None) -> None:
     """Run the scheduler daemon (a second one waits as a standby)."""
     import signal
 
     from .schedulers.daemon import Scheduler
 
-    settings = run_guarded(Settings.load, cluster=cluster, scheme=scheme, metrics_port=metrics_port,
-                           metrics_addr=metrics_addr)
+    settings = run_guarded(Settings.load, cluster=cluster, scheme=scheme, amqp_url=amqp_url, redis_url=redis_url,
+                           metrics_port=metrics_port, metrics_addr=metrics_addr)
     try:
         daemon = Scheduler(settings)
     except ValueError as exc:
@@ -130,11 +143,13 @@ def scheduler(cluster: str | None, scheme: str | None, metrics_port: int | None,
 @click.option("-n", "--engines", "count", type=int, default=2, show_default=True, help="Number of engines.")
 @click.option("--property", "properties", multiple=True, metavar="KEY=VALUE",
               help="Property given to every engine (repeatable).")
-def cluster(cluster: str | None, count: int, properties: tuple[str, ...]) -> None:
+@server_options
+def cluster(cluster: str | None, count: int, properties: tuple[str, ...], amqp_url: str | None,
+            redis_url: str | None) -> None:
     """Run a local cluster in the foreground; Ctrl-C or SIGTERM stops it."""
     from .local import LocalCluster
 
-    settings = run_guarded(Settings.load, cluster=cluster)
+    settings = run_guarded(Settings.load, cluster=cluster, amqp_url=amqp_url, redis_url=redis_url)
     local = LocalCluster(settings, count, list(properties))
     local.install_signal_handlers()
     try:

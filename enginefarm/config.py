@@ -36,6 +36,8 @@ class Settings:
     """
 
     cluster: str = "default"
+    # One URL, or several separated by commas: nodes of one RabbitMQ cluster, tried in turn
+    # when connecting and after a lost connection.
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
     redis_url: str = "redis://127.0.0.1:6379/0"
     key_file: str = ""
@@ -155,13 +157,31 @@ AMQP_SCHEMES = ("amqp", "amqps")
 REDIS_SCHEMES = ("redis", "rediss")
 
 
+def split_urls(value: str) -> list[str]:
+    """The URLs of a comma-separated setting, in order; blanks around the commas are dropped.
+
+    A URL itself never holds a bare comma (RFC 3986 allows one only percent-encoded, ``%2C``,
+    in a password or a path), so the split is unambiguous.
+    """
+    return [url.strip() for url in value.split(",") if url.strip()]
+
+
 def check_amqp_url(url: str) -> None:
-    """Refuse an AMQP url that pika could not connect with.
+    """Refuse an AMQP setting that pika could not connect with: one URL, or several separated
+    by commas (nodes of one RabbitMQ cluster, tried in turn), each checked.
 
     Raises:
-        ConfigError: one line naming ``ENGINEFARM_AMQP_URL`` and what is wrong.
+        ConfigError: one line naming ``ENGINEFARM_AMQP_URL``, which URL (when there are
+            several) and what is wrong.
     """
-    _check_server_url("amqp_url", url, AMQP_SCHEMES)
+    if not isinstance(url, str):
+        raise _url_error("amqp_url", f"is not a URL but {type(url).__name__}")
+    urls = split_urls(url)
+    if not urls:
+        raise _url_error("amqp_url", "names no URL")
+    for n, one in enumerate(urls, 1):
+        where = "" if len(urls) == 1 else f"URL {n} of {len(urls)} "
+        _check_server_url("amqp_url", one, AMQP_SCHEMES, where)
 
 
 def check_redis_url(url: str) -> None:
@@ -170,6 +190,8 @@ def check_redis_url(url: str) -> None:
     Raises:
         ConfigError: one line naming ``ENGINEFARM_REDIS_URL`` and what is wrong.
     """
+    if isinstance(url, str) and "," in url:
+        raise _url_error("redis_url", "takes one URL; several (comma-separated) are not supported yet")
     parts = _split_url("redis_url", url)
     if parts.scheme == "unix":
         if not parts.path:
@@ -181,27 +203,29 @@ def check_redis_url(url: str) -> None:
         raise _url_error("redis_url", "has a path that is not a database number, as in redis://host:6379/0")
 
 
-def _check_server_url(field: str, url: str, schemes: tuple[str, ...]) -> None:
-    """One server URL: a known scheme, a host, and a port (if given) from 1 to 65535."""
-    parts = _split_url(field, url)
+def _check_server_url(field: str, url: str, schemes: tuple[str, ...], where: str = "") -> None:
+    """One server URL: a known scheme, a host, and a port (if given) from 1 to 65535.
+    ``where`` names the URL among several ("URL 2 of 3 "), for the message."""
+    parts = _split_url(field, url, where)
     if parts.scheme not in schemes:
-        raise _url_error(field, f"has scheme {parts.scheme!r}; use {' or '.join(s + '://' for s in schemes)}")
+        raise _url_error(field, f"{where}has scheme {parts.scheme!r}; use {' or '.join(s + '://' for s in schemes)}")
     if not parts.hostname:
-        raise _url_error(field, "names no host")
+        raise _url_error(field, f"{where}names no host")
     raw_port = _raw_port(parts.netloc)
     if raw_port and not (raw_port.isascii() and raw_port.isdigit() and 1 <= int(raw_port) <= 65535):
-        raise _url_error(field, f"has an invalid port {raw_port!r}: give a number from 1 to 65535")
+        raise _url_error(field, f"{where}has an invalid port {raw_port!r}: give a number from 1 to 65535")
 
 
-def _split_url(field: str, url: Any) -> urllib.parse.SplitResult:
+def _split_url(field: str, url: Any, where: str = "") -> urllib.parse.SplitResult:
     if not isinstance(url, str):
-        raise _url_error(field, f"is not a URL but {type(url).__name__}")
+        raise _url_error(field, f"{where}is not a URL but {type(url).__name__}")
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError:
-        raise _url_error(field, "is not a URL") from None
+        raise _url_error(field, f"{where}is not a URL") from None
     if not parts.scheme or "://" not in url:
-        raise _url_error(field, f"has scheme {url.split(':', 1)[0]!r}, or none: write it as scheme://host:port/...")
+        raise _url_error(field, f"{where}has scheme {url.split(':', 1)[0]!r}, or none: write it as "
+                         "scheme://host:port/...")
     return parts
 
 

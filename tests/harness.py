@@ -14,7 +14,7 @@ from typing import Any
 import pika
 import redis
 
-from enginefarm.config import Settings
+from enginefarm.config import Settings, split_urls
 from enginefarm.local import settings_env
 from enginefarm.names import Names
 
@@ -68,25 +68,27 @@ class Cluster:
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.settings.redis_url)
 
-    def spawn(self, args: list[str], env_extra: dict[str, str] | None = None) -> Daemon:
+    def spawn(self, args: list[str], env_extra: dict[str, str] | None = None, netns: str | None = None) -> Daemon:
+        """``enginefarm ARGS`` as a subprocess; in network namespace ``netns`` (a test host,
+        tests/hosts.py) if given. ``ip netns exec`` execs the command: the PID is the daemon's."""
         log_path = os.path.join(self.tmp_dir, f"daemon-{len(self.daemons)}.log")
         env = settings_env(self.settings)
         env.update(env_extra or {})
+        command = [sys.executable, "-m", "enginefarm", "--log-level", "DEBUG", *args]
+        if netns is not None:
+            command = ["ip", "netns", "exec", netns, *command]
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "enginefarm", "--log-level", "DEBUG", *args],
-                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )
+            proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         daemon = Daemon(proc, log_path)
         self.daemons.append(daemon)
         return daemon
 
     def start_engine(self, properties: dict[str, str] | None = None, wait: bool = True,
-                     env_extra: dict[str, str] | None = None) -> Daemon:
+                     env_extra: dict[str, str] | None = None, netns: str | None = None) -> Daemon:
         args = ["engine", "--cluster", self.settings.cluster]
         for key, value in (properties or {}).items():
             args += ["--property", f"{key}={value}"]
-        daemon = self.spawn(args, env_extra)
+        daemon = self.spawn(args, env_extra, netns)
         if wait:
             daemon.engine_id = self.wait_engine(daemon)
         return daemon
@@ -99,12 +101,12 @@ class Cluster:
         return sorted(daemons, key=lambda d: d.engine_id)
 
     def start_scheduler(self, scheme: str | None = None, wait: bool = True,
-                        env_extra: dict[str, str] | None = None) -> Daemon:
+                        env_extra: dict[str, str] | None = None, netns: str | None = None) -> Daemon:
         """A scheduler daemon; with ``wait``, returns once it holds the cluster's lease."""
         args = ["scheduler", "--cluster", self.settings.cluster]
         if scheme:
             args += ["--scheme", scheme]
-        daemon = self.spawn(args, env_extra)
+        daemon = self.spawn(args, env_extra, netns)
         if wait:
             self.wait_scheduler_active(daemon)
         return daemon
@@ -156,9 +158,14 @@ class Cluster:
         remove_cluster(self.settings)
 
 
+def amqp_connection(settings: Settings) -> pika.BlockingConnection:
+    """A plain pika connection to the first of the settings' AMQP URLs that answers."""
+    return pika.BlockingConnection([pika.URLParameters(url) for url in split_urls(settings.amqp_url)])
+
+
 def remove_cluster(settings: Settings, max_engine_id: int = 64) -> None:
     names = Names(settings.cluster)
-    conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    conn = amqp_connection(settings)
     try:
         channel = conn.channel()
         engine_queues = [q for i in range(max_engine_id) for q in (names.engine_queue(i), names.control_queue(i))]
@@ -176,7 +183,7 @@ def remove_cluster(settings: Settings, max_engine_id: int = 64) -> None:
 
 
 def queue_exists(settings: Settings, queue: str) -> bool:
-    conn = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    conn = amqp_connection(settings)
     try:
         conn.channel().queue_declare(queue, passive=True)
         return True

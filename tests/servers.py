@@ -15,23 +15,23 @@ import time
 from dataclasses import dataclass, field
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
-def port_open(port: int) -> bool:
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        return sock.connect_ex((host, port)) == 0
 
 
-def wait_port(port: int, is_open: bool, timeout_s: float, what: str) -> None:
+def wait_port(port: int, is_open: bool, timeout_s: float, what: str, host: str = "127.0.0.1") -> None:
     deadline = time.monotonic() + timeout_s
-    while port_open(port) != is_open:
+    while port_open(port, host) != is_open:
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not {'open' if is_open else 'close'} port {port} in {timeout_s}s")
+            raise AssertionError(f"{what} did not {'open' if is_open else 'close'} port {host}:{port} in {timeout_s}s")
         time.sleep(0.2)
 
 
@@ -53,27 +53,31 @@ def _pid_alive(pid: int) -> bool:
 
 @dataclass
 class PrivateRabbit:
-    """A RabbitMQ node of its own. ``consumer_timeout_ms`` is checked every second."""
+    """A RabbitMQ node of its own, listening on ``host`` (loopback unless told), with its own
+    HOME (so its own Erlang cookie). ``consumer_timeout_ms`` is checked every second.
+    ``loopback_users = none`` lets guest log in from other addresses (the test hosts)."""
 
     base_dir: str
     consumer_timeout_ms: int | None = None
     port: int = field(default_factory=free_port)
     dist_port: int = field(default_factory=free_port)
+    host: str = "127.0.0.1"
+    nodename: str = ""  # default eftest<port>@localhost
     pid: int | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+        return f"amqp://guest:guest@{self.host}:{self.port}/%2F"
 
     @property
     def node(self) -> str:
-        return f"eftest{self.port}@localhost"
+        return self.nodename or f"eftest{self.port}@localhost"
 
     def _env(self) -> dict[str, str]:
         conf = os.path.join(self.base_dir, "rabbitmq")
         with open(conf + ".conf", "w") as handle:
-            handle.write(f"listeners.tcp.default = 127.0.0.1:{self.port}\nloopback_users = none\n")
+            handle.write(f"listeners.tcp.default = {self.host}:{self.port}\nloopback_users = none\n")
             if self.consumer_timeout_ms is not None:
                 handle.write(f"consumer_timeout = {self.consumer_timeout_ms}\n")
         advanced = os.path.join(self.base_dir, "advanced.config")
@@ -90,11 +94,13 @@ class PrivateRabbit:
             RABBITMQ_LOG_BASE=os.path.join(self.base_dir, "log"),
             RABBITMQ_PID_FILE=os.path.join(self.base_dir, "pid"),
             RABBITMQ_ENABLED_PLUGINS_FILE=os.path.join(self.base_dir, "plugins"),
+            # The server and rabbitmqctl read the Erlang cookie from $HOME: ours, not root's.
+            HOME=os.path.join(self.base_dir, "home"),
         )
         return env
 
     def start(self, timeout_s: float = 90.0) -> None:
-        os.makedirs(self.base_dir, exist_ok=True)
+        os.makedirs(os.path.join(self.base_dir, "home"), exist_ok=True)
         # The packaged wrapper in /usr/sbin insists on the system node's user and paths.
         server = "/usr/lib/rabbitmq/bin/rabbitmq-server"
         if not os.path.exists(server):
@@ -102,7 +108,7 @@ class PrivateRabbit:
         with open(os.path.join(self.base_dir, "server.log"), "ab") as log:
             self.proc = subprocess.Popen([server], env=self._env(), stdout=log, stderr=log,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
-        wait_port(self.port, True, timeout_s, "private RabbitMQ")
+        wait_port(self.port, True, timeout_s, "private RabbitMQ", self.host)
         pid_file = os.path.join(self.base_dir, "pid")
         deadline = time.monotonic() + timeout_s
         while not _read(pid_file):
@@ -132,7 +138,21 @@ class PrivateRabbit:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
             self.proc = None
-        wait_port(self.port, False, timeout_s, "private RabbitMQ")
+        wait_port(self.port, False, timeout_s, "private RabbitMQ", self.host)
+
+    def shutdown(self, timeout_s: float = 60.0) -> None:
+        """Stop the node as an operator does, ``rabbitmqctl -n NODE stop``; by its PID if that
+        does not work."""
+        if self.pid is not None:
+            ctl = "/usr/lib/rabbitmq/bin/rabbitmqctl"
+            if not os.path.exists(ctl):
+                ctl = shutil.which("rabbitmqctl") or "rabbitmqctl"
+            try:
+                subprocess.run([ctl, "-n", self.node, "stop"], env=self._env(), stdin=subprocess.DEVNULL,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout_s)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        self.stop(timeout_s=timeout_s)
 
     def restart(self, sig: int = signal.SIGTERM) -> None:
         self.stop(sig)
@@ -141,25 +161,33 @@ class PrivateRabbit:
 
 @dataclass
 class PrivateRedis:
-    """A Redis server of its own, with an append-only file so a restart keeps the data."""
+    """A Redis server of its own on ``host``; ``durable``: with an append-only file so a restart
+    keeps the data (else nothing on disk)."""
 
     base_dir: str
     port: int = field(default_factory=free_port)
+    host: str = "127.0.0.1"
+    durable: bool = True
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def start(self, timeout_s: float = 30.0) -> None:
         os.makedirs(self.base_dir, exist_ok=True)
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"]
+        if self.host != "127.0.0.1":
+            # Protected mode refuses every client not on loopback while no password is set; the
+            # test hosts reach this server over their private bridge.
+            persistence += ["--protected-mode", "no"]
         with open(os.path.join(self.base_dir, "redis.log"), "ab") as log:
             self.proc = subprocess.Popen(
-                ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--dir", self.base_dir,
-                 "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+                ["redis-server", "--bind", self.host, "--port", str(self.port), "--dir", self.base_dir,
+                 *persistence, "--save", "", "--daemonize", "no"],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL,
             )
-        wait_port(self.port, True, timeout_s, "private Redis")
+        wait_port(self.port, True, timeout_s, "private Redis", self.host)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is None:
@@ -172,7 +200,7 @@ class PrivateRedis:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
-        wait_port(self.port, False, 30, "private Redis")
+        wait_port(self.port, False, 30, "private Redis", self.host)
 
     def pause(self) -> None:
         assert self.proc is not None

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, cast
 import pika
 import pika.exceptions
 
+from ..config import split_urls
 from ..errors import BrokerError
 
 if TYPE_CHECKING:
@@ -40,6 +41,11 @@ def connection_parameters(url: str, heartbeat_s: int, name: str) -> pika.URLPara
 class BrokerConnection:
     """One pika connection and channel, re-opened on demand.
 
+    ``url`` is one AMQP URL or several separated by commas (nodes of one RabbitMQ cluster).
+    Opening tries them in turn; after a lost connection it starts with the URL after the one
+    it had, so a surviving node is reached first, and the caller's ``on_open`` redeclares
+    what the new connection needs.
+
     Not thread-safe: use it from one thread; other threads may only call
     ``call_threadsafe``.
     """
@@ -53,6 +59,7 @@ class BrokerConnection:
         reconnect_window_s: float = 60.0,
     ) -> None:
         self.url = url
+        self.urls = split_urls(url) or [url]
         self.heartbeat_s = heartbeat_s
         self.name = name
         self.on_open = on_open
@@ -61,12 +68,15 @@ class BrokerConnection:
         self.channel: BlockingChannel | None = None
         # Bumped on every re-open: delivery tags of an older generation are void.
         self.generation = 0
+        # Which of ``urls`` the connection is (or was last) open to.
+        self.current = 0
 
     def open(self) -> BlockingChannel:
-        """Return an open channel, connecting (with retries) if needed.
+        """Return an open channel, connecting (with retries, over every URL) if needed.
 
         Raises:
-            BrokerError: the broker did not answer within the reconnect window.
+            BrokerError: no URL answered within the reconnect window, or the broker refused
+                the credentials.
         """
         # A channel is only ever set together with its connection.
         if (self.channel is not None and self.channel.is_open
@@ -76,26 +86,47 @@ class BrokerConnection:
         deadline = time.monotonic() + self.reconnect_window_s
         delay = 0.1
         while True:
-            try:
-                params = connection_parameters(self.url, self.heartbeat_s, self.name)
-                self.connection = pika.BlockingConnection(params)
-                self.channel = self.connection.channel()
-                self.generation += 1
-                if self.on_open is not None:
-                    self.on_open(self.channel)
-                return self.channel
-            except pika.exceptions.ProbableAuthenticationError as exc:
-                self.close()
-                raise BrokerError(f"RabbitMQ refused the credentials in the AMQP url: {exc}") from exc
-            except RECOVERABLE as exc:
-                self.close()
-                if time.monotonic() + delay > deadline:
-                    raise BrokerError(
-                        f"cannot reach RabbitMQ at {redact(self.url)}: {type(exc).__name__} {exc}"
-                    ) from exc
-                log.warning("RabbitMQ not reachable (%s); retrying in %.1fs", type(exc).__name__, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+            failure: BaseException | None = None
+            for index in self._order():
+                try:
+                    return self._connect(index)
+                except pika.exceptions.ProbableAuthenticationError as exc:
+                    self.close()
+                    raise BrokerError(f"RabbitMQ refused the credentials in the AMQP url: {exc}") from exc
+                except RECOVERABLE as exc:
+                    self.close()
+                    failure = exc
+                    if len(self.urls) > 1:
+                        log.warning("RabbitMQ at %s not reachable (%s); trying the next URL",
+                                    redact(self.urls[index]), type(exc).__name__)
+            assert failure is not None  # every URL was tried and failed
+            if time.monotonic() + delay > deadline:
+                where = ", ".join(redact(u) for u in self.urls)
+                raise BrokerError(
+                    f"cannot reach RabbitMQ at {where}: {type(failure).__name__} {failure}"
+                ) from failure
+            log.warning("RabbitMQ not reachable (%s); retrying in %.1fs", type(failure).__name__, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def _order(self) -> list[int]:
+        """The URLs to try, by index: from the first at the start; after a lost connection
+        from the one after the URL that was lost, ending with it."""
+        count = len(self.urls)
+        start = (self.current + 1) % count if self.generation else 0
+        return [(start + n) % count for n in range(count)]
+
+    def _connect(self, index: int) -> BlockingChannel:
+        params = connection_parameters(self.urls[index], self.heartbeat_s, self.name)
+        self.connection = pika.BlockingConnection(params)
+        self.channel = self.connection.channel()
+        if len(self.urls) > 1 and (index != self.current or not self.generation):
+            log.info("connected to RabbitMQ at %s", redact(self.urls[index]))
+        self.current = index
+        self.generation += 1
+        if self.on_open is not None:
+            self.on_open(self.channel)
+        return self.channel
 
     def close(self) -> None:
         conn, self.connection, self.channel = self.connection, None, None

@@ -23,6 +23,20 @@ def run(log_path: str, key: str, sleep_s: float = 0.0) -> str:
     return key
 
 
+def host_address(peer: str, sleep_s: float = 0.0) -> str:
+    """The address this process's host sends from towards ``peer`` (a test host's own address,
+    tests/hosts.py); a UDP connect sends nothing."""
+    import socket
+    import time
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect((peer, 9))
+        address = str(sock.getsockname()[0])
+    if sleep_s:
+        time.sleep(sleep_s)
+    return address
+
+
 def always_raises(log_path: str, key: str) -> None:
     run(log_path, key)
     raise RuntimeError(f"poison task {key} always fails")

@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from enginefarm.config import ENV_PREFIX, Settings, default_key_file
+from enginefarm.broker.connection import BrokerConnection
+from enginefarm.config import ENV_PREFIX, Settings, default_key_file, split_urls
 from enginefarm.errors import ConfigError, EnginefarmError
 from enginefarm.local import settings_env
 
@@ -143,7 +144,7 @@ def test_server_urls_that_work_are_accepted(field, url):
     ("ENGINEFARM_REDIS_URL", "redis:///0", "no host"),
     ("ENGINEFARM_REDIS_URL", "unix://", "no socket path"),
     ("ENGINEFARM_REDIS_URL", "redis+sentinel://s1:26379/mymaster", "scheme 'redis+sentinel'"),
-    ("ENGINEFARM_REDIS_URL", "redis://a:6379/0,redis://:hunter2@b:6379/0", "database number"),
+    ("ENGINEFARM_REDIS_URL", "redis://a:6379/0,redis://:hunter2@b:6379/0", "takes one URL"),
     ("ENGINEFARM_REDIS_URL", "redis://127.0.0.1:6379/zero", "database number"),
     ("ENGINEFARM_AMQP_URL", "amqp://guest:hunter2@127.0.0.1:99999/%2F", "invalid port '99999'"),
     ("ENGINEFARM_AMQP_URL", "amqp://guest:hunter2@127.0.0.1:x/%2F", "invalid port 'x'"),
@@ -157,6 +158,56 @@ def test_a_bad_server_url_is_one_config_error_naming_the_setting(var, url, says)
     message = str(info.value)
     assert message.startswith(f"{var} ") and says in message, message
     assert "\n" not in message and "hunter2" not in message
+
+
+# --- several AMQP URLs ---------------------------------------------------------------------
+@pytest.mark.parametrize("value, urls", [
+    ("amqp://a:5672/%2F", ["amqp://a:5672/%2F"]),
+    ("amqp://a:5672/%2F,amqp://b:5673/%2F", ["amqp://a:5672/%2F", "amqp://b:5673/%2F"]),
+    (" amqp://a/%2F , amqps://u:p%2Cq@b:5671/v ,", ["amqp://a/%2F", "amqps://u:p%2Cq@b:5671/v"]),
+    ("", []),
+    (" , ", []),
+])
+def test_split_urls_keeps_their_order_and_drops_blanks(value, urls):
+    assert split_urls(value) == urls
+
+
+def test_several_amqp_urls_are_accepted_from_arguments_and_environment():
+    value = "amqp://guest:guest@10.0.0.1:5672/%2F,amqps://u:p@broker-2.internal:5671/ef"
+    assert Settings.load(env={}, amqp_url=value).amqp_url == value
+    assert Settings.load(env={"ENGINEFARM_AMQP_URL": value}).amqp_url == value
+
+
+@pytest.mark.parametrize("url, says", [
+    ("amqp://a:5672/%2F,redis://b:6379/0", "URL 2 of 2 has scheme 'redis'"),
+    ("amqp://guest:hunter2@a:99999/%2F,amqp://b/%2F", "URL 1 of 2 has an invalid port '99999'"),
+    ("amqp://a/%2F,amqp://b/%2F,amqp://guest:hunter2@/%2F", "URL 3 of 3 names no host"),
+    ("amqp://a/%2F,b:5672", "URL 2 of 2 has scheme 'b'"),
+    (" , ", "names no URL"),
+])
+def test_each_of_several_amqp_urls_is_checked(url, says):
+    with pytest.raises(ConfigError) as info:
+        Settings.load(env={"ENGINEFARM_AMQP_URL": url})
+    message = str(info.value)
+    assert message.startswith("ENGINEFARM_AMQP_URL (amqp_url) ") and says in message, message
+    assert "hunter2" not in message
+
+
+def test_broker_connection_tries_urls_in_turn_and_starts_after_a_lost_one():
+    # Given a connection over three nodes (nothing is opened here: the order is pure)
+    link = BrokerConnection("amqp://a/%2F, amqp://b/%2F,amqp://c/%2F")
+    assert link.urls == ["amqp://a/%2F", "amqp://b/%2F", "amqp://c/%2F"]
+    # When it has never connected, it starts with the first
+    assert link._order() == [0, 1, 2]
+    # When the connection it had to node b is lost, it tries c, then a, then b again
+    link.generation, link.current = 1, 1
+    assert link._order() == [2, 0, 1]
+    link.current = 2
+    assert link._order() == [0, 1, 2]
+    # And one URL is simply retried
+    single = BrokerConnection("amqp://a/%2F")
+    single.generation = 3
+    assert single._order() == [0]
 
 
 def test_unknown_override_is_refused():

@@ -1,0 +1,64 @@
+"""Several AMQP URLs: a client, an engine and a scheduler whose first URL is a closed port work
+through the second (the shared broker); ``--amqp-url`` and ``--redis-url`` win over the
+environment."""
+
+from __future__ import annotations
+
+import pytest
+
+from enginefarm import Client
+from enginefarm.config import Settings, split_urls
+from enginefarm.errors import BrokerError
+
+from ..servers import free_port
+
+TIMEOUT_S = 60
+
+
+def closed_port_url() -> str:
+    return f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F"  # the port was free: nothing listens
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The test's settings with a dead first AMQP URL before the shared broker's."""
+    return settings.replace(amqp_url=f"{closed_port_url()},{settings.amqp_url}")
+
+
+def test_a_dead_first_url_is_passed_over_by_client_engine_and_scheduler(cluster, client, settings):
+    dead, live = split_urls(settings.amqp_url)
+    # Given a scheduler that has both URLs from its environment
+    scheduler = cluster.start_scheduler()
+    # And an engine whose environment names only dead servers, given both URLs as options
+    by_option = cluster.spawn(
+        ["engine", "--cluster", settings.cluster, "--amqp-url", settings.amqp_url, "--redis-url", settings.redis_url],
+        {"ENGINEFARM_AMQP_URL": dead, "ENGINEFARM_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"},
+    )
+    by_option.engine_id = cluster.wait_engine(by_option)
+    # And one more engine with both URLs from its environment
+    by_env = cluster.start_engine()
+
+    # When the client (both URLs) farms tasks and drives each engine directly
+    lview = client.load_balanced_view()
+    squares = lview.map(lambda x: x * x, range(20), block=True)
+    pids = client.direct_view([by_option.engine_id, by_env.engine_id]).apply(
+        lambda: __import__("os").getpid(), block=True)
+
+    # Then everything ran, through the live URL
+    assert squares == [x * x for x in range(20)]
+    assert len(set(pids)) == 2
+    for daemon in (scheduler, by_option, by_env):
+        log = daemon.log()
+        assert "not reachable" in log and "trying the next URL" in log, log
+        assert f"connected to RabbitMQ at amqp://guest:***@{live.split('@', 1)[1]}" in log, log
+
+
+def test_a_client_given_only_dead_urls_fails_with_every_one_named(settings):
+    urls = f"{closed_port_url()},{closed_port_url()}"
+    dead = settings.replace(amqp_url=urls, reconnect_window_s=1.0)
+    with pytest.raises(BrokerError) as info, Client(settings=dead) as client:
+        client.load_balanced_view().apply(abs, -1, block=False)
+    message = str(info.value)
+    for url in split_urls(urls):
+        assert url.replace("guest:guest", "guest:***") in message, message
+    assert "guest:guest" not in message
