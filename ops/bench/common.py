@@ -38,16 +38,48 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
+SCENARIOS = ("a", "a1", "b", "c", "d", "e", "f", "g")  # "a1" is (a'): one call per task
+
+
 def parse_args(scenarios: str) -> argparse.Namespace:
+    """``scenarios``: the ids this module takes part in, separated by spaces ("a a1 b")."""
     p = argparse.ArgumentParser()
-    p.add_argument("scenario", choices=list(scenarios))
+    p.add_argument("scenario", choices=scenarios.split())
     p.add_argument("--name", required=True, help="unique queue / cluster / key prefix")
-    p.add_argument("--tasks", type=int, default=5000, help="(a) tasks; (e) tasks for the Redis figure")
+    p.add_argument("--tasks", type=int, default=5000, help="(a), (a') tasks; (e) tasks for the Redis figure")
     p.add_argument("--roundtrips", type=int, default=300, help="(b) sequential round trips")
     p.add_argument("--items", type=int, default=100_000, help="(c) map items")
+    p.add_argument("--sizes", default="16,256,1024", help="(f) array sizes in MiB, comma-separated")
+    p.add_argument("--elements", type=int, default=10**7, help="(g) float64 elements scattered and gathered")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--timeout", type=float, default=120.0, help="give up waiting for results after this")
     return p.parse_args()
+
+
+def sizes_mib(args: argparse.Namespace) -> list[int]:
+    return [int(s) for s in args.sizes.split(",") if s.strip()]
+
+
+def size_label(mib: int) -> str:
+    """The (f) metric suffix of a size: 16MiB, 256MiB, 1GiB."""
+    return f"{mib // 1024}GiB" if mib % 1024 == 0 else f"{mib}MiB"
+
+
+def mb_per_s(nbytes: int, seconds: float) -> float:
+    """Payload throughput in MB/s (10**6 bytes)."""
+    return nbytes / 1e6 / seconds
+
+
+def refused(system: str, scenario: str, metric: str, unit: str, reason: str) -> None:
+    """A size the system refuses by design (e.g. over a message cap): a result, not a failure."""
+    log(f"{metric}: refused: {reason}")
+    print(json.dumps({"system": system, "scenario": scenario, "metric": metric, "value": None, "unit": unit,
+                      "refused": reason[:300]}), flush=True)
+
+
+def chunked_pairs(xs: list[int], ys: list[int], chunk: int) -> list[list[tuple[int, int]]]:
+    """(c) batches for systems whose batch form is a task over a list of pairs."""
+    return [list(zip(xs[i : i + chunk], ys[i : i + chunk])) for i in range(0, len(xs), chunk)]
 
 
 def bench_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -85,6 +117,20 @@ def descendants(pid: int) -> list[int]:
             out.append(child)
             todo.append(child)
     return out
+
+
+def pids_running(text: str) -> list[int]:
+    """Live processes whose command line contains ``text`` (a run's unique temp dir, say)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    if text.encode() in handle.read() and alive(int(entry)):
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
 
 
 def alive(pid: int) -> bool:

@@ -16,7 +16,7 @@ SYSTEM = "celery"
 
 
 def main() -> None:
-    args = parse_args("abcd")
+    args = parse_args("a b c d")
     exit_on_sigterm()
     name, scenario = args.name, args.scenario
     os.environ["BENCH_NAME"] = name

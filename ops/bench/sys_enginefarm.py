@@ -1,6 +1,6 @@
 """enginefarm scenarios (run with the repository's .venv python).
 
-    python sys_enginefarm.py {a,b,c,d,e} --name NAME [--tasks N --roundtrips N --items N]
+    python sys_enginefarm.py {a,a1,b,c,d,e,f,g} --name NAME [--tasks N --roundtrips N --items N ...]
 
 Starts `enginefarm cluster -n 2 --cluster NAME` as a subprocess (key from ENGINEFARM_KEY_FILE,
 made here if unset), measures one repetition, then stops the cluster by PID and deletes the
@@ -16,11 +16,11 @@ import tempfile
 import time
 from typing import Any
 
-from common import (Workers, bench_env, descendants, emit, exit_on_sigterm, log, parse_args, percentile,
-                    pss_kb, rabbit_delete, redis_delete, rss_kb)
+from common import (Workers, bench_env, descendants, emit, exit_on_sigterm, log, mb_per_s, parse_args, percentile,
+                    pss_kb, rabbit_delete, redis_delete, refused, rss_kb, size_label, sizes_mib)
 
 from benchtasks import add
-from enginefarm import Client, MapTask
+from enginefarm import Client, MapTask, PayloadTooLarge
 
 SYSTEM = "enginefarm"
 
@@ -95,8 +95,100 @@ def cluster_bytes(redis: Any, name: str) -> int:
     return sum(size or 0 for size in pipe.execute())
 
 
+def one_call_loops(c: Client, n: int, timeout: float) -> dict[str, float]:
+    """(a'): n tasks, one call each, then waited; seconds per form."""
+    lview = c.load_balanced_view()
+    out = {}
+    t0 = time.perf_counter()
+    ids = [c.submit(MapTask(add, (i, i))) for i in range(n)]
+    c.barrier(ids, timeout=timeout)
+    out["submit"] = time.perf_counter() - t0
+    bad = [i for i, t in enumerate(ids) if c.results[t] != 2 * i]
+    assert not bad, f"{len(bad)} wrong results"
+    t0 = time.perf_counter()
+    ars = [lview.apply_async(add, i, i) for i in range(n)]
+    values = [ar.get(timeout=timeout) for ar in ars]
+    out["apply_async"] = time.perf_counter() - t0
+    assert values == [2 * i for i in range(n)], "wrong results"
+    return out
+
+
+def refusal(exc: BaseException) -> str | None:
+    """Why a transfer was refused by design (over the message cap), or None for a real failure."""
+    if isinstance(exc, PayloadTooLarge):
+        return f"PayloadTooLarge: {exc}"
+    text = f"{type(exc).__name__}: {exc}"
+    return text if "ResultTooLarge" in text or "PayloadTooLarge" in text else None
+
+
+def transfer(system: str, scenario: str, metric: str, nbytes: int, move: Any) -> tuple[Any, float] | None:
+    """Time ``move()`` and emit MB/s of ``nbytes``; None (and 'refused') if the system refuses
+    the size by design. Returns the value moved and the seconds it took."""
+    t0 = time.perf_counter()
+    try:
+        value = move()
+    except Exception as exc:
+        reason = refusal(exc)
+        if reason is None:
+            raise
+        refused(system, scenario, metric, "MB/s", reason)
+        return None
+    elapsed = time.perf_counter() - t0
+    emit(system, scenario, metric, mb_per_s(nbytes, elapsed), "MB/s", seconds=elapsed, bytes=nbytes)
+    return value, elapsed
+
+
+def push_pull(c: Client, engine_ids: list[int], sizes: list[int]) -> None:
+    """(f): push an array to both engines, then pull one made on each, per size."""
+    import numpy as np
+
+    dv = c[engine_ids]
+    engines = len(engine_ids)
+    dv.execute("import numpy as np")
+    dv.push({"w": np.ones(1 << 17)})  # warm-up: 1 MiB each way
+    dv.pull("w")
+    for mib in sizes:
+        n = mib * (1 << 20) // 8
+        arr = np.arange(n, dtype=np.float64)
+        if transfer(SYSTEM, "f", f"push_{size_label(mib)}", engines * arr.nbytes, lambda: dv.push({"a": arr})):
+            dv.execute("a_n, a_last = int(a.size), float(a[-1])")
+            assert dv.pull("a_n") == [n] * engines and dv.pull("a_last") == [n - 1.0] * engines, "bad push"
+        del arr
+        dv.execute(f"a = None; b = np.arange({n}, dtype=np.float64)")
+        pulled = transfer(SYSTEM, "f", f"pull_{size_label(mib)}", engines * n * 8, lambda: dv.pull("b"))
+        if pulled:
+            assert [(p.size, p[-1]) for p in pulled[0]] == [(n, n - 1.0)] * engines, "bad pull"
+        del pulled
+        dv.execute("b = None")
+
+
+def scatter_gather(c: Client, engine_ids: list[int], elements: int) -> None:
+    """(g): scatter a float64 array over both engines, then gather it back."""
+    import numpy as np
+
+    dv = c[engine_ids]
+    dv.execute("import numpy as np")
+    dv.scatter("w", np.arange(1 << 16, dtype=np.float64))  # warm-up
+    dv.gather("w")
+    arr = np.arange(elements, dtype=np.float64)
+    scattered = transfer(SYSTEM, "g", "scatter", arr.nbytes, lambda: dv.scatter("x", arr))
+    if scattered is None:
+        # Refused: make the same parts on the engines, so that gather is measured on its own.
+        bounds = np.cumsum([0] + [len(p) for p in np.array_split(np.empty(elements), len(engine_ids))])
+        for index, engine_id in enumerate(engine_ids):
+            c[engine_id].execute(f"x = np.arange({bounds[index]}, {bounds[index + 1]}, dtype=np.float64)")
+    gathered = transfer(SYSTEM, "g", "gather", arr.nbytes, lambda: dv.gather("x"))
+    if gathered is not None:
+        assert np.array_equal(gathered[0], arr), "gather returned other data"
+    if scattered is None or gathered is None:
+        refused(SYSTEM, "g", "round", "MB/s", "scatter or gather refused")
+    else:
+        seconds = scattered[1] + gathered[1]
+        emit(SYSTEM, "g", "round", mb_per_s(2 * arr.nbytes, seconds), "MB/s", seconds=seconds)
+
+
 def main() -> None:
-    args = parse_args("abcde")
+    args = parse_args("a a1 b c d e f g")
     exit_on_sigterm()
     name, scenario = args.name, args.scenario
     workers = Workers()
@@ -139,14 +231,30 @@ def main() -> None:
                 emit(SYSTEM, "b", f"p50_{label}", percentile(times, 50) * 1000, "ms")
                 emit(SYSTEM, "b", f"p99_{label}", percentile(times, 99) * 1000, "ms")
 
+        elif scenario == "a1":
+            one_call_loops(c, 200, args.timeout)  # warm-up
+            for form, elapsed in one_call_loops(c, args.tasks, args.timeout).items():
+                emit(SYSTEM, "a1", f"throughput_{form}", args.tasks / elapsed, "tasks/s", seconds=elapsed,
+                     n=args.tasks)
+
         elif scenario == "c":
-            lview.map(add, range(1000), range(1000), block=True)  # warm-up
-            xs, ys = list(range(args.items)), list(range(args.items))
-            t0 = time.perf_counter()
-            out = lview.map(add, xs, ys, block=True)
-            elapsed = time.perf_counter() - t0
-            assert out == [2 * x for x in xs], "wrong map result"
-            emit(SYSTEM, "c", "map_throughput", args.items / elapsed, "items/s", seconds=elapsed, n=args.items)
+            dview = c[ids[: args.workers]]
+            forms = (("lview", lambda xs, ys: lview.map(add, xs, ys, block=True)),  # automatic chunks
+                     ("dv", lambda xs, ys: dview.map_sync(add, xs, ys)))  # one share per engine
+            for form, run in forms:
+                run(range(1000), range(1000))  # warm-up
+                xs, ys = list(range(args.items)), list(range(args.items))
+                t0 = time.perf_counter()
+                out = run(xs, ys)
+                elapsed = time.perf_counter() - t0
+                assert out == [2 * x for x in xs], "wrong map result"
+                emit(SYSTEM, "c", f"map_{form}", args.items / elapsed, "items/s", seconds=elapsed, n=args.items)
+
+        elif scenario == "f":
+            push_pull(c, ids[: args.workers], sizes_mib(args))
+
+        elif scenario == "g":
+            scatter_gather(c, ids[: args.workers], args.elements)
 
         elif scenario == "e":
             farm(c, 200, args.timeout)  # the engines have run tasks (child warmed up), then sit idle

@@ -75,7 +75,7 @@ def main() -> None:
     import pika
     import redis
 
-    args = parse_args("ab")
+    args = parse_args("a b")
     exit_on_sigterm()
     name, scenario = args.name, args.scenario
     queue, results = name, f"{name}:results"
