@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -39,6 +40,22 @@ def percentile(values: list[float], q: float) -> float:
 
 
 SCENARIOS = ("a", "a1", "b", "c", "d", "e", "f", "g")  # "a1" is (a'): one call per task
+
+
+def round_trips(system: str, call: Callable[[], Any], count: int, suffix: str = "") -> None:
+    """Scenario (b): ``call`` (one submit, then its result, which must be 3) 20 times to warm
+    up, then ``count`` times timed; emits the p50 and p99 in ms (``p50_<suffix>``...)."""
+    for _ in range(20):
+        call()
+    times = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        value = call()
+        times.append(time.perf_counter() - t0)
+        assert value == 3, value
+    tail = f"_{suffix}" if suffix else ""
+    emit(system, "b", f"p50{tail}", percentile(times, 50) * 1000, "ms")
+    emit(system, "b", f"p99{tail}", percentile(times, 99) * 1000, "ms")
 
 
 def parse_args(scenarios: str) -> argparse.Namespace:

@@ -14,8 +14,8 @@ import shutil
 import tempfile
 import time
 
-from common import (alive, chunked_pairs, descendants, emit, exit_on_sigterm, log, mb_per_s, parse_args,
-                    percentile, pids_running, stop_pids)
+from common import (round_trips, alive, chunked_pairs, descendants, emit, exit_on_sigterm, log, mb_per_s, parse_args,
+                    pids_running, stop_pids)
 
 SYSTEM = "dask"
 CHUNK = 10_000  # (c): items per task or bag partition
@@ -67,16 +67,7 @@ def main() -> None:
             def call() -> int:
                 return client.submit(add, 1, 2, pure=False).result(timeout=args.timeout)
 
-            for _ in range(20):
-                call()
-            times = []
-            for _ in range(args.roundtrips):
-                t0 = time.perf_counter()
-                value = call()
-                times.append(time.perf_counter() - t0)
-                assert value == 3, value
-            emit(SYSTEM, "b", "p50", percentile(times, 50) * 1000, "ms")
-            emit(SYSTEM, "b", "p99", percentile(times, 99) * 1000, "ms")
+            round_trips(SYSTEM, call, args.roundtrips)
 
         elif scenario == "c":
             def bag(xs: list[int]) -> list[int]:

@@ -10,7 +10,7 @@ import os
 import sys
 import time
 
-from common import Workers, bench_env, emit, exit_on_sigterm, log, parse_args, percentile, rabbit_delete, redis_delete
+from common import round_trips, Workers, bench_env, emit, exit_on_sigterm, log, parse_args, rabbit_delete, redis_delete
 
 SYSTEM = "dramatiq"
 
@@ -56,16 +56,7 @@ def main() -> None:
             emit(SYSTEM, scenario, "throughput", args.tasks / elapsed, "tasks/s", seconds=elapsed, n=args.tasks)
 
         elif scenario == "b":
-            for _ in range(20):
-                add.send(1, 2).get_result(block=True, timeout=timeout_ms)
-            times = []
-            for _ in range(args.roundtrips):
-                t0 = time.perf_counter()
-                value = add.send(1, 2).get_result(block=True, timeout=timeout_ms)
-                times.append(time.perf_counter() - t0)
-                assert value == 3, value
-            emit(SYSTEM, "b", "p50", percentile(times, 50) * 1000, "ms")
-            emit(SYSTEM, "b", "p99", percentile(times, 99) * 1000, "ms")
+            round_trips(SYSTEM, lambda: add.send(1, 2).get_result(block=True, timeout=timeout_ms), args.roundtrips)
 
         elif scenario == "c":
             chunk = 1000

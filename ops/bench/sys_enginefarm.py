@@ -16,7 +16,7 @@ import tempfile
 import time
 from typing import Any
 
-from common import (Workers, bench_env, descendants, emit, exit_on_sigterm, log, mb_per_s, parse_args, percentile,
+from common import (round_trips, Workers, bench_env, descendants, emit, exit_on_sigterm, log, mb_per_s, parse_args,
                     pss_kb, rabbit_delete, redis_delete, refused, rss_kb, size_label, sizes_mib)
 
 from benchtasks import add
@@ -220,16 +220,7 @@ def main() -> None:
                 ("lb", lambda: lview.apply(add, 1, 2, block=True)),
                 ("direct", lambda: c[target].apply(add, 1, 2)),
             ):
-                for _ in range(20):
-                    call()
-                times = []
-                for _ in range(args.roundtrips):
-                    t0 = time.perf_counter()
-                    value = call()
-                    times.append(time.perf_counter() - t0)
-                    assert value == 3, value
-                emit(SYSTEM, "b", f"p50_{label}", percentile(times, 50) * 1000, "ms")
-                emit(SYSTEM, "b", f"p99_{label}", percentile(times, 99) * 1000, "ms")
+                round_trips(SYSTEM, call, args.roundtrips, label)
 
         elif scenario == "a1":
             one_call_loops(c, 200, args.timeout)  # warm-up

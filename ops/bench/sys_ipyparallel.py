@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import time
 
-from common import (alive, descendants, emit, exit_on_sigterm, log, mb_per_s, parse_args, percentile, size_label,
+from common import (round_trips, alive, descendants, emit, exit_on_sigterm, log, mb_per_s, parse_args, size_label,
                     sizes_mib, stop_pids)
 
 SYSTEM = "ipyparallel"
@@ -108,16 +108,7 @@ def main() -> None:
             dview = rc[rc.ids[0]]
             for label, call in (("lb", lambda: lview.apply_sync(add, 1, 2)),
                                 ("direct", lambda: dview.apply_sync(add, 1, 2))):
-                for _ in range(20):
-                    call()
-                times = []
-                for _ in range(args.roundtrips):
-                    t0 = time.perf_counter()
-                    value = call()
-                    times.append(time.perf_counter() - t0)
-                    assert value == 3, value
-                emit(SYSTEM, "b", f"p50_{label}", percentile(times, 50) * 1000, "ms")
-                emit(SYSTEM, "b", f"p99_{label}", percentile(times, 99) * 1000, "ms")
+                round_trips(SYSTEM, call, args.roundtrips, label)
 
         elif scenario == "a1":
             for n in (200, args.tasks):

@@ -15,8 +15,8 @@ import shutil
 import tempfile
 import time
 
-from common import (alive, chunked_pairs, descendants, emit, exit_on_sigterm, log, mb_per_s, parse_args,
-                    percentile, pids_running, size_label, sizes_mib, stop_pids)
+from common import (round_trips, alive, chunked_pairs, descendants, emit, exit_on_sigterm, log, mb_per_s, parse_args,
+                    pids_running, size_label, sizes_mib, stop_pids)
 
 SYSTEM = "ray"
 CHUNK = 10_000  # (c): items per remote call
@@ -85,16 +85,7 @@ def main() -> None:
             emit(SYSTEM, "a1", "throughput", args.tasks / elapsed, "tasks/s", seconds=elapsed, n=args.tasks)
 
         elif scenario == "b":
-            for _ in range(20):
-                ray.get(add.remote(1, 2))
-            times = []
-            for _ in range(args.roundtrips):
-                t0 = time.perf_counter()
-                value = ray.get(add.remote(1, 2), timeout=args.timeout)
-                times.append(time.perf_counter() - t0)
-                assert value == 3, value
-            emit(SYSTEM, "b", "p50", percentile(times, 50) * 1000, "ms")
-            emit(SYSTEM, "b", "p99", percentile(times, 99) * 1000, "ms")
+            round_trips(SYSTEM, lambda: ray.get(add.remote(1, 2), timeout=args.timeout), args.roundtrips)
 
         elif scenario == "c":
             def run(xs: list[int]) -> list[int]:
