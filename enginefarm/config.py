@@ -71,6 +71,12 @@ class Settings:
     # Largest signed request a client may send, and largest result an engine records.
     # RabbitMQ refuses messages over 128 MiB by default; stay well below.
     max_message_bytes: int = 32 * 1024 * 1024
+    # Large buffers (numpy arrays, bytearrays) of a request or result travel beside it,
+    # through Redis: at most this many bytes in one request or result. They leave Redis once
+    # used (a request's when all its tasks finished, a result's when its client took it), and
+    # after this long at the latest; reading one after that fails with DataExpired.
+    max_value_bytes: int = 4 * 1024 ** 3
+    blob_ttl_s: int = 3600
     # Default per-task time limit (0 = none).
     task_timeout_s: float = 0.0
     # How long a finished task record is kept, and how many records at most.

@@ -39,6 +39,10 @@ class PayloadTooLarge(SerializationError):
     """A request or result is larger than the cluster's cap (``max_message_bytes``)."""
 
 
+class DataExpired(EnginefarmError):
+    """An out-of-band buffer of a request or result is no longer stored (``blob_ttl_s``)."""
+
+
 class SignatureError(EnginefarmError):
     """A message or stored value is unsigned, tampered with or malformed.
 

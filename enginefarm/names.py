@@ -147,6 +147,10 @@ class Names:
         """Set to ask every scheduler of the cluster to exit."""
         return self.key("sched", "shutdown")
 
+    def blob_part(self, blob_id: str, part: int) -> str:
+        """String: one part of an out-of-band buffer of a request or result (see store.blobs)."""
+        return self.key("blob", blob_id, part)
+
     def client_inbox(self, client_id: str) -> str:
         """List of task ids whose outcome was recorded, for the client that sent them."""
         return self.key("client", client_id, "inbox")

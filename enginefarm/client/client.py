@@ -20,7 +20,9 @@ from ..errors import BrokerError, InvalidEngineID, NoEnginesRegistered, PayloadT
 from ..names import Names
 from ..protocol import new_id, seal
 from ..recovery import Reaper
-from ..serialization import dumps, loads
+from ..buffers import is_packed, pack, unpack
+from .blobowners import BlobOwners
+from ..serialization import dumps_oob, loads, loads_oob
 from ..task import Kind, TaskHeader, with_datetimes
 from ..store import Stores, TaskOutput, TaskRecord
 from ..store.records import ABORTED, COMPLETED, PENDING, NewTask, error_fields
@@ -61,6 +63,7 @@ class Client(TaskFarming, HubMethods):
         self.history: list[str] = []
         self.outstanding: set[str] = set()
         self.results: dict[str, Any] = {}
+        self.blob_owners = BlobOwners()
         self._metadata = MetadataStore(metadata_of)
         self._connected = False
         self._ids_cache: tuple[float, list[int]] | None = None
@@ -71,8 +74,8 @@ class Client(TaskFarming, HubMethods):
             return
         s = self.settings
         stores = Stores.open(s)
-        self.ring, self.registry, self.records, self.history_store, self.output_store = (
-            stores.ring, stores.registry, stores.records, stores.history, stores.output)
+        self.ring, self.registry, self.records, self.history_store, self.output_store, self.blobs = (
+            stores.ring, stores.registry, stores.records, stores.history, stores.output, stores.blobs)
         self.publisher = Publisher(
             s.amqp_url,
             s.amqp_heartbeat_s,
@@ -273,7 +276,7 @@ class Client(TaskFarming, HubMethods):
                 this check and the message's routing fails the task with EngineLost.)
         """
         self._connect()
-        payload = dumps(request, what or f"the {kind} request") if request is not None else b""
+        payload = self.pickle_request(request, what or f"the {kind} request") if request is not None else b""
         return self._send_sealed(kind, payload, engine_ids, header, confirm)
 
     def send_direct_each(
@@ -291,10 +294,38 @@ class Client(TaskFarming, HubMethods):
             SerializationError, PayloadTooLarge: a request cannot be sent (nothing is published).
         """
         self._connect()
-        payloads = [(engine_id, dumps(request, what or f"the {kind} request")) for engine_id, request in requests]
+        payloads = [(engine_id, self.pickle_request(request, what or f"the {kind} request"))
+                    for engine_id, request in requests]
         for _, payload in payloads:
             self.check_size(payload, f"the {kind} request")
         return self._send_sealed_each(kind, payloads, None, confirm)
+
+    def unpickle_value(self, payload: bytes, what: str, take: bool = False) -> Any:
+        """A verified payload's value, its out-of-band buffers read back and checked (and,
+        with ``take``, removed from the store once the value is made).
+
+        Raises:
+            SerializationError, DataExpired, SignatureError, StoreError.
+        """
+        if not is_packed(payload):
+            return loads(payload, what)
+        refs, stream = unpack(payload)
+        value = loads_oob(stream, self.blobs.fetch(refs, what), what)
+        if take:
+            self.blobs.forget(refs)
+        return value
+
+    def pickle_request(self, request: Any, what: str) -> bytes:
+        """Pickle a request; its large buffers are stored first, out of band, and the
+        payload names them (see enginefarm.buffers).
+
+        Raises:
+            SerializationError, PayloadTooLarge: it cannot be sent (nothing is published).
+        """
+        pickled = dumps_oob(request, what)
+        if not pickled.buffers:
+            return pickled.stream
+        return pack(self.blobs.put(pickled.buffers, what), pickled.stream)
 
     def check_size(self, payload: bytes, what: str) -> None:
         """Raises: PayloadTooLarge before anything is recorded or published."""
@@ -319,6 +350,7 @@ class Client(TaskFarming, HubMethods):
             })
             body = seal(self.ring, head.encode(), payload)
             tasks.append(NewTask(task_id, kind, self.client_id, body, engine_id))
+            self.blob_owners.hold(task_id, payload)
             bodies.append(body)
         self.records.create(tasks, wait=False)
         self.collector.start()
@@ -443,11 +475,14 @@ class Client(TaskFarming, HubMethods):
             for record in [*(records or []), *read]:
                 if record is not None and record.done and record.task_id not in self.results:
                     taken.append(record.task_id)
-                    self.results[record.task_id] = self._value_of(record)
+                    self.results[record.task_id] = self._value_of(record, own=record.client_id == self.client_id)
                     record.result = None  # only its metadata is kept
                     self._metadata.put_record(record.task_id, record)
                     self.outstanding.discard(record.task_id)
             complete = self.collector.arrivals(taken) if taken else []
+        freed = self.blob_owners.release(taken)
+        if freed:
+            self.blobs.forget(freed)
         # Outside the lock: done-callbacks run user code, which may ask this client things.
         for result in complete:
             result._settle()
@@ -462,13 +497,17 @@ class Client(TaskFarming, HubMethods):
     def reaper(self) -> Reaper:
         return self.collector.reaper
 
-    def _value_of(self, record: TaskRecord) -> Any:
+    def _value_of(self, record: TaskRecord, own: bool = False) -> Any:
+        """The value or error of a finished record. ``own``: the result is this client's to
+        take, and its out-of-band buffers leave the store once read (this client keeps the
+        value)."""
         if record.invalid:
             return RemoteError("DecodeError", f"the record of task {record.task_id} does not decode: {record.invalid}",
                                task_id=record.task_id)
         if record.status == COMPLETED:
             try:
-                return loads(self.records.open_value(record.task_id, "result", record.result or b""), "the result")
+                return self.unpickle_value(self.records.open_value(record.task_id, "result", record.result or b""),
+                                           "the result", take=own)
             except SignatureError as exc:
                 return SignatureError(exc.reason, f"result of task {record.task_id} refused: {exc}")
             except Exception as exc:

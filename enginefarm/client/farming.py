@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any, Literal, cast, overload
 from ..broker.publisher import Outgoing
 from ..errors import RemoteError, TaskError
 from ..protocol import new_id, seal
-from ..serialization import dumps
 from ..task import TaskHeader
 from ..store.records import ABORTED, PENDING, NewTask, error_fields
 from .tasks import BaseTask, TaskResult
@@ -53,7 +52,7 @@ class TaskFarming:
         for task in tasks:
             if not isinstance(task, BaseTask):
                 raise TypeError(f"submit takes a MapTask or StringTask, not {type(task).__name__}")
-            prepared.append((task.kind, {"lb": True, **task.header()}, dumps(task.request(), task.describe())))
+            prepared.append((task.kind, {"lb": True, **task.header()}, self.pickle_request(task.request(), task.describe())))
         return self._submit_sealed(prepared, confirm)
 
     def _submit_sealed(self: ClientParts, prepared: list[tuple[str, dict[str, Any], bytes]],
@@ -104,6 +103,7 @@ class TaskFarming:
             else:
                 messages.append(Outgoing("", self.names.work_queue, body))
             new.append(NewTask(task_id, kind, self.client_id, body, None, extra))
+            self.blob_owners.hold(task_id, payload)
         return new, messages
 
     def _scheme(self: ClientParts, max_age_s: float = 2.0) -> str | None:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ..store.records import NewTask, Records
     from ..store.registry import Registry
     from .asyncresult import AsyncResult, Metadata, MetadataStore
+    from .blobowners import BlobOwners
     from .collector import Collector
     from .client import Targets
     from .hub import Jobs
@@ -44,6 +45,7 @@ class ClientParts(Protocol):
     records: Records
     history_store: History
     publisher: Publisher
+    blob_owners: BlobOwners
     collector: Collector
 
     @property
@@ -58,6 +60,8 @@ class ClientParts(Protocol):
     def engine_queue_status(self, engine_id: int) -> dict[str, Any]: ...
 
     def check_size(self, payload: bytes, what: str) -> None: ...
+
+    def pickle_request(self, request: Any, what: str) -> bytes: ...
 
     def _send_sealed(self, kind: str, payload: bytes, engine_ids: list[int],
                      header: dict[str, Any] | None = None, confirm: bool = True) -> list[str]: ...

@@ -9,6 +9,7 @@ import redis
 from ..config import Settings
 from ..keys import KeyRing
 from ..names import Names
+from .blobs import BlobStore
 from .connection import connect
 from .history import History
 from .output import LiveOutput
@@ -24,6 +25,7 @@ class Stores:
     records: Records
     history: History
     output: LiveOutput
+    blobs: BlobStore
 
     @classmethod
     def open(cls, settings: Settings) -> Stores:
@@ -37,4 +39,5 @@ class Stores:
         names = Names(settings.cluster)
         return cls(ring, client, Registry(client, names, settings.engine_timeout_s),
                    Records(client, names, ring, settings.redispatch_window_s), History(client, names),
-                   LiveOutput(client, names, settings.result_ttl_s))
+                   LiveOutput(client, names, settings.result_ttl_s),
+                   BlobStore(client, names, settings.blob_ttl_s, settings.max_value_bytes))

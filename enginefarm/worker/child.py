@@ -24,7 +24,8 @@ from multiprocessing.connection import Connection
 from types import FrameType
 from typing import Any
 
-from .commands import EngineState, error_outcome, run_command
+from .commands import BUFFERS, EngineState, error_outcome, run_command
+from .rawio import recv_raw
 from .tap import OutputTap
 
 _PR_SET_PDEATHSIG = 1
@@ -56,14 +57,14 @@ def interrupt_request(signum: int, frame: FrameType | None) -> None:
 
 
 def run_interruptibly(state: EngineState, header: dict[str, Any], payload: bytes, cap: int,
-                      tap: OutputTap | None = None) -> dict[str, Any]:
+                      tap: OutputTap | None = None, buffers: list[bytearray] | None = None) -> dict[str, Any]:
     """``run_command``, whose request SIGINT may interrupt. An interrupt inside the user's
     code is already its error outcome; one that lands around it (unpickling the request,
     pickling the result) is made one here, with the output captured so far (some of it may
     have been shown live already: the record must not have less)."""
     saved = sys.stdout, sys.stderr
     try:
-        return run_command(state, header, payload, cap, tap.attach if tap is not None else None)
+        return run_command(state, header, payload, cap, tap.attach if tap is not None else None, buffers)
     except KeyboardInterrupt as exc:
         sys.stdout, sys.stderr = saved  # it may have landed while output was captured
         outcome = error_outcome(exc)
@@ -80,14 +81,21 @@ def serve(conn: Connection, cap: int, state: EngineState) -> None:
             message = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        header, payload = pickle.loads(message)
-        outcome = run_interruptibly(state, header, payload, cap, tap)
-        tap.finish(pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL))
+        header, payload, sizes = pickle.loads(message)
+        try:
+            buffers = [recv_raw(conn.fileno(), size) for size in sizes]
+        except (EOFError, OSError):
+            return
+        outcome = run_interruptibly(state, header, payload, cap, tap, buffers)
+        del buffers
+        views = outcome.pop(BUFFERS, [])
+        outcome["buffer_sizes"] = [v.nbytes for v in views]
+        tap.finish(pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL), views)
 
 
 def main(argv: list[str]) -> None:
     fd, parent_pid, cap = int(argv[0]), int(argv[1]), int(argv[2])
-    state = EngineState(shell_mode=argv[3], display_cap=int(argv[4]))
+    state = EngineState(shell_mode=argv[3], display_cap=int(argv[4]), value_cap=int(argv[5]))
     die_with_parent(parent_pid)
     # SIGTERM acts as it does on any process, whatever the supervisor inherited. SIGINT, which
     # the supervisor kept blocked while this process started, interrupts running requests only

@@ -19,7 +19,8 @@ from typing import Any
 
 from .. import serialization
 from ..config import ENGINE_SHELLS, Settings
-from ..errors import UnmetDependency
+from ..buffers import is_packed, unpack
+from ..errors import PayloadTooLarge, UnmetDependency
 from .binding import Binder, bind_request, mentions_engine_side
 
 
@@ -36,6 +37,8 @@ class EngineState:
     history: list[dict[str, Any]] = field(default_factory=list)
     shell_mode: str = "plain"
     display_cap: int = Settings.display_cap_bytes
+    # Largest total of out-of-band buffers a result may hold (max_value_bytes).
+    value_cap: int = Settings.max_value_bytes
     shell: Any = None  # ishell.EngineShell, made by the first execute that wants one
     outputs: list[dict[str, Any]] = field(default_factory=list)
     execute_result: dict[str, Any] | None = None
@@ -321,15 +324,18 @@ def check_task(state: EngineState, header: dict[str, Any], request: Any) -> dict
 
 
 def run_command(state: EngineState, header: dict[str, Any], payload: bytes, cap: int,
-                attach: Callable[[CappedWriter, CappedWriter], None] | None = None) -> dict[str, Any]:
+                attach: Callable[[CappedWriter, CappedWriter], None] | None = None,
+                buffers: list[bytearray] | None = None) -> dict[str, Any]:
     """Run one request; never raises. Returns the outcome the supervisor records.
-    ``attach`` is given the request's stdout and stderr capture before the command runs."""
+    ``attach`` is given the request's stdout and stderr capture before the command runs;
+    ``buffers`` are the out-of-band buffers a packed payload names. A result's own large
+    buffers are left out of its ``value``, under ``BUFFERS`` (see enginefarm.buffers)."""
     kind = header.get("kind", "")
     command = COMMANDS.get(kind)
     if command is None:
         return error_outcome(ValueError(f"unknown command {kind!r}"))
     try:
-        request = serialization.loads(payload, f"the {kind} request") if payload else None
+        request = _load_request(payload, buffers or [], f"the {kind} request") if payload else None
     except Exception as exc:
         return error_outcome(exc)
     if kind in ("map_task", "string_task"):
@@ -377,11 +383,31 @@ def run_command(state: EngineState, header: dict[str, Any], payload: bytes, cap:
         outcome["execute_result"] = state.execute_result
     if outcome["ok"]:
         try:
-            outcome["value"] = serialization.dumps(value, f"the result of {kind}")
+            pickled = serialization.dumps_oob(value, f"the result of {kind}")
+            if pickled.oob_bytes > state.value_cap:
+                raise PayloadTooLarge(f"the result of {kind} holds {pickled.oob_bytes:,} bytes of buffers, over "
+                                      f"the cluster's cap of {state.value_cap:,} bytes (max_value_bytes)")
+            outcome["value"] = pickled.stream
+            if pickled.buffers:
+                outcome[BUFFERS] = pickled.buffers
             outcome["summary"] = _summary(value)
         except Exception as exc:
             outcome.update(error_outcome(exc))
     return outcome
+
+
+# The outcome's key for a result's out-of-band buffers, which go to the supervisor in frames
+# of their own after it.
+BUFFERS = "buffers"
+
+
+def _load_request(payload: bytes, buffers: list[bytearray], what: str) -> Any:
+    if not is_packed(payload):
+        return serialization.loads(payload, what)
+    refs, stream = unpack(payload)
+    if [r.size for r in refs] != [len(b) for b in buffers]:
+        raise ValueError(f"{what} names {len(refs)} buffers; {len(buffers)} arrived")
+    return serialization.loads_oob(stream, list(buffers), what)
 
 
 _SUMMARY = reprlib.Repr()

@@ -27,7 +27,8 @@ from ..broker import BrokerConnection, Consumer, Delivery, Publisher
 from ..broker.topology import declare_cluster, declare_control_queue, declare_engine_queue
 from ..config import Settings
 from ..deadletter import dead_letter
-from ..errors import DecodeError, EnginefarmError, SignatureError, StoreError
+from ..buffers import is_packed, pack, unpack
+from ..errors import DataExpired, DecodeError, EnginefarmError, SignatureError, StoreError
 from ..incidents import Incidents
 from ..metrics import Metrics
 from ..systemd import notify, watchdog_interval_s
@@ -35,7 +36,7 @@ from ..names import Names
 from ..recovery import Reaper
 from ..schedulers import retry
 from ..store import Stores
-from ..store.records import COMPLETED, FAILED
+from ..store.records import COMPLETED, FAILED, error_fields
 from ..task import Kind, TaskHeader, open_task
 from .control import Control
 from .executor import Executor, Outcome
@@ -143,7 +144,8 @@ class Engine:
         if self.engine_id < 0:
             raise EnginefarmError(f"cluster {s.cluster!r} already has {s.max_engines} engines")
         self.registry.set_properties(self.engine_id, self.properties)
-        self.executor = Executor(s.output_cap_bytes, s.engine_shell, s.display_cap_bytes)
+        self.blobs = stores.blobs
+        self.executor = Executor(s.output_cap_bytes, s.engine_shell, s.display_cap_bytes, s.max_value_bytes)
         self.executor.start()
         self.live = OutputRelay(stores.output)
         self.consumer = Consumer(
@@ -453,17 +455,22 @@ class Engine:
                                                          (self.settings.batch_window_s, self._step_aside)]
         if index + 1 < batch.cut:
             after.append((max(batch.window_end - started, 0.0), lambda: self._release_rest(batch, index)))
-        self.metrics.in_progress.inc()
         try:
-            outcome = self.executor.run(request, job.payload, timeout_s, after=after, meanwhile=self._settle_owed,
-                                        on_output=self.live.begin(task_id))
-        finally:
-            self.live.end()
-            self.metrics.in_progress.dec()
-            self.metrics.run_seconds.observe(time.monotonic() - started)
-            if self._aside and not self._draining.is_set():
-                self._aside = False
-                self.consumer.resume(self.names.work_queue)
+            buffers = self._request_buffers(job.payload)
+        except (DataExpired, SignatureError) as exc:
+            outcome = Outcome(ok=False, error=error_fields(type(exc).__name__, f"the request cannot be read: {exc}"))
+        else:
+            self.metrics.in_progress.inc()
+            try:
+                outcome = self.executor.run(request, job.payload, timeout_s, after=after, meanwhile=self._settle_owed,
+                                            on_output=self.live.begin(task_id), buffers=buffers)
+            finally:
+                self.live.end()
+                self.metrics.in_progress.dec()
+                self.metrics.run_seconds.observe(time.monotonic() - started)
+                if self._aside and not self._draining.is_set():
+                    self._aside = False
+                    self.consumer.resume(self.names.work_queue)
         if header.lb and self._retry_store(lambda: self._hand_back(task_id, header, attempt, outcome)):
             self.metrics.tasks.labels("requeued").inc()
             batch.acks.append(job)
@@ -471,6 +478,14 @@ class Engine:
         self.metrics.tasks.labels("completed" if outcome.ok else "failed").inc()
         status, fields = self._outcome_fields(task_id, outcome)
         return task_id, status, fields
+
+    def _request_buffers(self, payload: bytes) -> list[list[bytes]] | None:
+        """The out-of-band buffers a packed request names, read and checked (None if it
+        names none). Raises: DataExpired, SignatureError."""
+        if not is_packed(payload):
+            return None
+        refs = unpack(payload)[0]
+        return self._retry_store(lambda: self.blobs.fetch_parts(refs, "the request"))
 
     def _await_record(self, task_id: str) -> Claim:
         """A fresh message whose record is missing. Clients write the record while they
@@ -560,12 +575,21 @@ class Engine:
             fields["execute_result"] = json.dumps(outcome.execute_result)
         if outcome.ok:
             fields["summary"] = outcome.summary
-            fields["result"] = self.records.seal_value(task_id, "result", outcome.value or b"")
+            fields["result"] = self.records.seal_value(task_id, "result", self._stored_value(outcome))
         else:
             fields["error"] = json.dumps({**(outcome.error or {}), "engine_id": self.engine_id})
         if outcome.namespace_lost:
             fields["namespace_lost"] = "1"
         return (COMPLETED if outcome.ok else FAILED), fields
+
+    def _stored_value(self, outcome: Outcome) -> bytes:
+        """The result's payload: its out-of-band buffers are stored first, and it names them."""
+        if not outcome.buffers:
+            return outcome.value or b""
+        views = [memoryview(b) for b in outcome.buffers]
+        refs = self._retry_store(lambda: self.blobs.put(views, "the result"))
+        outcome.buffers = None
+        return pack(refs, outcome.value or b"")
 
     def _retry_store(self, action: Callable[[], T]) -> T:
         """Retry a Redis write until it lands: nothing is acked while Redis is away."""

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import Settings
+from .rawio import recv_raw, send_raw
 from .tap import decode_output, is_output
 
 OutputSink = Callable[[dict[str, str]], None]
@@ -44,6 +45,9 @@ class Outcome:
     namespace_lost: bool = False
     # A load-balanced task's depend did not hold on this engine.
     unmet: bool = False
+    # The result's out-of-band buffers (see enginefarm.buffers), as the child sent them.
+    buffer_sizes: list[int] | None = None
+    buffers: list[bytearray] | None = None
 
 
 def _signal_name(code: int) -> str:
@@ -57,10 +61,12 @@ class Executor:
     """One child process at a time; ``run`` is called from a single worker thread."""
 
     def __init__(self, output_cap_bytes: int, shell: str = Settings.engine_shell,
-                 display_cap_bytes: int = Settings.display_cap_bytes) -> None:
+                 display_cap_bytes: int = Settings.display_cap_bytes,
+                 value_cap_bytes: int = Settings.max_value_bytes) -> None:
         self.cap = output_cap_bytes
         self.shell = shell
         self.display_cap = display_cap_bytes
+        self.value_cap = value_cap_bytes
         self.proc: subprocess.Popen[bytes] | None = None
         self.conn: Connection | None = None
         self._interrupt = threading.Event()
@@ -76,7 +82,7 @@ class Executor:
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "enginefarm.worker.child", str(child.fileno()), str(os.getpid()), str(self.cap),
-                 self.shell, str(self.display_cap)],
+                 self.shell, str(self.display_cap), str(self.value_cap)],
                 pass_fds=(child.fileno(),),
                 stdin=subprocess.DEVNULL,
                 # Its own session: a terminal's Ctrl-C or a signal to the engine's process
@@ -116,17 +122,23 @@ class Executor:
 
     def run(self, header: dict[str, Any], payload: bytes, timeout_s: float = 0.0,
             after: list[tuple[float, Callable[[], None]]] | None = None,
-            meanwhile: Callable[[], None] | None = None, on_output: OutputSink | None = None) -> Outcome:
+            meanwhile: Callable[[], None] | None = None, on_output: OutputSink | None = None,
+            buffers: list[list[bytes]] | None = None) -> Outcome:
         """Run one request in the child. ``meanwhile`` is called once the child has the
         request; each ``(seconds, fn)`` of ``after`` calls ``fn`` once if the request is still
         running after that long; ``on_output`` gets what the request prints while it runs
-        (stream -> text, at most ``output_cap_bytes`` of each stream in all)."""
+        (stream -> text, at most ``output_cap_bytes`` of each stream in all); ``buffers``
+        (each given in parts) follow the request as raw bytes."""
         if self.proc is None or self.proc.poll() is not None:
             self.restart()
         assert self.conn is not None
         self._interrupt.clear()
         self._received, self._received_size = {}, {}
-        self.conn.send_bytes(pickle.dumps((header, payload), protocol=pickle.HIGHEST_PROTOCOL))
+        buffers = buffers or []
+        sizes = [sum(map(len, parts)) for parts in buffers]
+        self.conn.send_bytes(pickle.dumps((header, payload, sizes), protocol=pickle.HIGHEST_PROTOCOL))
+        for parts in buffers:
+            send_raw(self.conn.fileno(), parts)
         if meanwhile is not None:
             meanwhile()
         now = time.monotonic()
@@ -140,7 +152,10 @@ class Executor:
                 if self._poller.poll(50):
                     raw = self.conn.recv_bytes()
                     if not is_output(raw):
-                        return Outcome(**pickle.loads(raw))
+                        outcome = Outcome(**pickle.loads(raw))
+                        if outcome.buffer_sizes:
+                            outcome.buffers = [recv_raw(self.conn.fileno(), size) for size in outcome.buffer_sizes]
+                        return outcome
             except (EOFError, OSError):
                 return self._died()
             if raw is not None:

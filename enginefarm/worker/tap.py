@@ -21,9 +21,11 @@ import pickle
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 
 from .commands import CappedWriter
+from .rawio import send_raw
 
 # A frame that starts with this byte is output; an outcome is a pickle (protocol 2 or later,
 # which starts with 0x80).
@@ -81,14 +83,16 @@ class OutputTap:
         writers = self._writers
         return {} if writers is None else {"stdout": writers[0].getvalue(), "stderr": writers[1].getvalue()}
 
-    def finish(self, outcome: bytes) -> None:
-        """Close the request and send its outcome; what was not sent live rides in it."""
+    def finish(self, outcome: bytes, buffers: Sequence[memoryview] = ()) -> None:
+        """Close the request and send its outcome, then its out-of-band buffers as raw
+        bytes (the outcome gives their sizes); what was not sent live rides in the outcome."""
         with self._lock:
             self._writers = None
             self._sent, self._sent_size = [0, 0], [0, 0]
             # A wake-up cut short by an interrupt (flag set, none sent) ends with the request.
             self._armed = False
             self._conn.send_bytes(outcome)
+            send_raw(self._conn.fileno(), buffers)
 
     def _written(self) -> None:
         # Called on the writer's thread, also inside user code: an interrupt between the two
