@@ -5,8 +5,9 @@ holds the tag, and the other shards hold nothing of it."""
 from __future__ import annotations
 
 import os
+import signal
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from redis.crc import key_slot
@@ -19,7 +20,7 @@ from enginefarm.protocol import new_id
 from enginefarm.store import connect
 from enginefarm.store.records import COMPLETED, FAILED, PENDING, NewTask
 
-from ..harness import Cluster
+from ..harness import Cluster, wait_for
 from ..rediscluster import PrivateRedisCluster
 
 LONG = 120.0  # generous: the box is small and loaded
@@ -56,12 +57,12 @@ def keys_by_shard(redis_cluster: PrivateRedisCluster, names: Names) -> dict[int,
     return found
 
 
-def test_a_cluster_farms_on_a_sharded_redis(cluster: Cluster, client: Client,
+def test_a_cluster_farms_on_a_sharded_redis(cluster: Cluster, client: Client, gates: Callable[[], str],
                                             redis_cluster: PrivateRedisCluster) -> None:
     # Given a scheduler and two engines whose Redis is a 3-shard Redis Cluster
     assert cluster.redis().__class__.__name__ == "RedisCluster"
     cluster.start_scheduler()
-    engines = cluster.start_engines(2)
+    engines = cluster.start_engines(2, properties={"site": "lab"})
 
     # When load-balanced work is farmed out, it all comes back, from both engines
     lb = client.load_balanced_view()
@@ -77,6 +78,15 @@ def test_a_cluster_farms_on_a_sharded_redis(cluster: Cluster, client: Client,
     with pytest.raises(Exception, match="ValueError"):
         failed.get(timeout=LONG)
     bad_id = failed.task_ids[0]
+    # What a running task prints is in Redis while it runs (live output), then in its record
+    gate = gates()
+    talking = client[0].execute(f"import os, time\nprint('live line', flush=True)\n"
+                                f"while not os.path.exists({gate!r}): time.sleep(0.05)", block=False)
+    wait_for(lambda: talking.stdout == "live line\n", LONG, "the printed line to arrive live")
+    assert not talking.ready()
+    open(gate, "w").close()
+    talking.get(timeout=LONG)
+    assert client.db_query({"task_id": talking.task_ids[0]}, keys=["stdout"])[0]["stdout"] == "live line\n"
 
     # Then the records and their indexes answer queries (index sets, a time range, a scan)
     assert client.db_query({"task_id": bad_id}, keys=["status", "engine_id"]) == [
@@ -87,6 +97,7 @@ def test_a_cluster_farms_on_a_sharded_redis(cluster: Cluster, client: Client,
     assert len(client.db_query({"attempts": {"$gte": 1}}, keys=[])) == len(client.history)
     status = cluster_status(client)
     assert status["tasks"][COMPLETED] == len(completed) and [e["alive"] for e in status["engines"]] == [True, True]
+    assert [e["properties"] for e in status["engines"]] == [{"site": "lab"}] * 2
     verbose = client.queue_status(targets=[1], verbose=True)
     assert bad_id in verbose[1][FAILED]
 
@@ -113,6 +124,11 @@ def test_a_cluster_farms_on_a_sharded_redis(cluster: Cluster, client: Client,
     assert client.db_query({}) == [] and client.history_store.size() == 0
     assert not any(k.startswith(client.names.task("").encode()) for k in keys_by_shard(
         redis_cluster, client.names)[owner.port])
+
+    # An engine that dies is reaped (its registration and sets removed in one transaction)
+    engines[1].signal(signal.SIGKILL)
+    wait_for(lambda: 1 not in client.registry.info(), LONG, "the dead engine to be reaped")
+    assert client[0].apply(pow, 2, 5) == 32
 
 
 def test_store_calls_without_daemons_run_on_the_tag_shard(cluster: Cluster, client: Client,
