@@ -145,6 +145,9 @@ def test_store_calls_without_daemons_run_on_the_tag_shard(cluster: Cluster, clie
     records.created()
     assert records.statuses(ids) == [PENDING] * 3
     assert owner.exists(*(client.names.task(t) for t in ids)) == 3
+    # The scheduler's memory gauge samples records in a pipeline of MEMORY USAGE
+    count, size = client.history_store.memory_estimate()
+    assert count == 3 and size > 0
     # Tickets of pending tasks are renewed in one call
     records.renew_tickets(ids)
     for record in records.get_many(ids):
