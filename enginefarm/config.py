@@ -196,8 +196,12 @@ def check_redis_url(url: str) -> None:
     Raises:
         ConfigError: one line naming ``ENGINEFARM_REDIS_URL`` and what is wrong.
     """
+    if isinstance(url, str) and url.partition("://")[0] in REDIS_CLUSTER_SCHEMES:
+        parse_redis_cluster_url(url)
+        return
     if isinstance(url, str) and "," in url:
-        raise _url_error("redis_url", "takes one URL; several (comma-separated) are not supported yet")
+        raise _url_error("redis_url", "takes one URL; the nodes of a Redis Cluster are written "
+                         "redis+cluster://host:port,host:port")
     parts = _split_url("redis_url", url)
     if parts.scheme == "unix":
         if not parts.path:
@@ -207,6 +211,53 @@ def check_redis_url(url: str) -> None:
     database = parts.path.lstrip("/")
     if database and not database.isdigit():
         raise _url_error("redis_url", "has a path that is not a database number, as in redis://host:6379/0")
+
+
+# A Redis Cluster (a sharded Redis): nodes to learn its layout from, any one of which is enough.
+REDIS_CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+
+
+@dataclass(frozen=True)
+class RedisClusterURL:
+    """``redis+cluster://[[user]:password@]host[:port][,host[:port]...][/0]``, or
+    ``rediss+cluster://`` for TLS. One URL, with commas between its nodes (as a client
+    reaches any node of a Redis Cluster to learn the others), so the setting stays one value
+    and a password is written once. Port 6379 when none is given; database 0 only, the one a
+    Redis Cluster has."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None
+    password: str | None
+    tls: bool
+
+
+def parse_redis_cluster_url(url: str) -> RedisClusterURL:
+    """Raises: ConfigError naming ``ENGINEFARM_REDIS_URL`` and what is wrong."""
+    scheme, _, rest = url.partition("://")
+    userinfo, _, located = rest.rpartition("@")
+    if "?" in located or "#" in located:
+        raise _url_error("redis_url", "takes no query options in a redis+cluster:// URL")
+    hosts, _, database = located.partition("/")
+    if database not in ("", "0"):
+        raise _url_error("redis_url", "names a database other than 0; a Redis Cluster has only database 0")
+    nodes = []
+    raw_nodes = [n.strip() for n in hosts.split(",")]
+    for n, node in enumerate(raw_nodes, 1):
+        where = f"node {n} of {len(raw_nodes)} "
+        try:
+            host = urllib.parse.urlsplit("//" + node).hostname
+        except ValueError:
+            host = None
+        if not node or not host:
+            raise _url_error("redis_url", f"{where}names no host, as in redis+cluster://host:port,host:port")
+        raw_port = _raw_port(node)
+        if raw_port and not (raw_port.isascii() and raw_port.isdigit() and 1 <= int(raw_port) <= 65535):
+            raise _url_error("redis_url", f"{where}has an invalid port {raw_port!r}: give a number from 1 to 65535")
+        nodes.append((host, int(raw_port) if raw_port else 6379))
+    # As redis-py reads redis://user:password@host: a bare name is a user without a password.
+    user, _, password = userinfo.partition(":")
+    return RedisClusterURL(tuple(nodes), urllib.parse.unquote(user) or None,
+                           urllib.parse.unquote(password) or None, scheme == "rediss+cluster")
 
 
 def _check_server_url(field: str, url: str, schemes: tuple[str, ...], where: str = "") -> None:

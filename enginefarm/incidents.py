@@ -1,6 +1,6 @@
 """Noting what a daemon meets and survives: a malformed record or field, an item its loop
 could not handle. Each is logged, counted in Prometheus (``enginefarm_errors_total``, by
-component and kind) and in Redis (``<cluster>:stats:errors:<component>:<kind>``, for the
+component and kind) and in Redis (``{<cluster>}:stats:errors:<component>:<kind>``, for the
 admin CLI and tests), and the daemon goes on."""
 
 from __future__ import annotations

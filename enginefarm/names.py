@@ -1,7 +1,13 @@
 """Every RabbitMQ and Redis name of a cluster, built in one place from the cluster name.
 
-AMQP names use ``<cluster>.<what>``; Redis keys use ``<cluster>:<what>``. Cluster names
-cannot contain '.' or ':' (see config), so no two clusters can collide.
+AMQP names use ``<cluster>.<what>``; Redis keys use ``{<cluster>}:<what>``. Cluster names
+are letters, digits, '-' and '_' only (see config), so no two clusters can collide.
+
+The braces are a Redis Cluster hash tag: only what is inside them is hashed, so every key of
+one cluster lives in one hash slot, and the Lua scripts (which touch many keys of a cluster,
+some named in their arguments) and the multi-key commands work on a sharded Redis too. On a
+single server the braces are just part of the name. The cost: one enginefarm cluster lives on
+one shard; a sharded Redis spreads several enginefarm clusters, never one.
 """
 
 from __future__ import annotations
@@ -62,8 +68,13 @@ class Names:
         return [self.direct_exchange, self.dead_exchange]
 
     # --- Redis: engines -------------------------------------------------------------
+    @property
+    def hash_tag(self) -> str:
+        """The part of every key that Redis Cluster hashes: the cluster name in braces."""
+        return "{" + self.cluster + "}"
+
     def key(self, *parts: object) -> str:
-        return ":".join([self.cluster, *map(str, parts)])
+        return ":".join([self.hash_tag, *map(str, parts)])
 
     @property
     def engines(self) -> str:
@@ -160,5 +171,6 @@ class Names:
 
     @property
     def pattern(self) -> str:
-        """Glob matching every Redis key of the cluster."""
-        return f"{self.cluster}:*"
+        """Glob matching every Redis key of the cluster (SCAN MATCH). Braces are literal in
+        Redis globs, and a cluster name holds none of '*', '?', '[', '\\'."""
+        return self.hash_tag + ":*"

@@ -207,16 +207,15 @@ class History:
         """Per status, how many (or, verbose, which) tasks this engine ran or holds."""
         n = self.names
         with translate_errors():
+            if verbose:
+                # One call per status: a Redis Cluster client pipelines no SINTER.
+                members = [cast("set[bytes]", self.redis.sinter([n.engine_index(engine_id), n.status_index(s)]))
+                           for s in STATUSES]
+                return {s.value: sorted(t.decode() for t in v) for s, v in zip(STATUSES, members)}
             pipe = self.redis.pipeline(transaction=False)
             for status in STATUSES:
-                if verbose:
-                    # redis-py types sinter's arguments as lists; it takes keys one by one too (list_or_args).
-                    pipe.sinter(n.engine_index(engine_id), n.status_index(status))  # type: ignore[arg-type]
-                else:
-                    pipe.sintercard(2, [n.engine_index(engine_id), n.status_index(status)])
+                pipe.sintercard(2, [n.engine_index(engine_id), n.status_index(status)])
             values = pipe.execute()
-        if verbose:
-            return {s.value: sorted(t.decode() for t in v) for s, v in zip(STATUSES, values)}
         return {s.value: int(v) for s, v in zip(STATUSES, values)}
 
     # --- removing -------------------------------------------------------------------
@@ -230,7 +229,8 @@ class History:
                     "inf" if completed_before == float("inf") else repr(completed_before),
                     n.task_output("", "stdout"), n.task_output("", "stderr"), *ids[start : start + BATCH]]
             with translate_errors():
-                removed += int(self._purge(args=args))
+                # The history key routes the call (to the shard of the cluster's keys).
+                removed += int(self._purge(keys=[n.history], args=args))
         return removed
 
     def purge_all(self) -> int:

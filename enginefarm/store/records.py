@@ -227,11 +227,17 @@ return out
 """
 
 
-# A fresh dispatch ticket for a task still pending. KEYS: task. ARGV: the sealed ticket.
+# Fresh dispatch tickets for tasks still pending. KEYS: the tasks. ARGV: their sealed tickets,
+# in the same order. (One call for many tasks rather than a pipeline of calls: a Redis Cluster
+# client pipelines no scripts.)
 _RENEW = """
-if redis.call('HGET', KEYS[1], 'status') == 'pending' then redis.call('HSET', KEYS[1], '_ticket', ARGV[1]) end
+for i, key in ipairs(KEYS) do
+  if redis.call('HGET', key, 'status') == 'pending' then redis.call('HSET', key, '_ticket', ARGV[i]) end
+end
 return 0
 """
+# Tasks whose tickets one call renews.
+RENEW_BATCH = 500
 
 
 # The scheduler took a submitted task. KEYS: task, scheduler pending zset. ARGV: id, order,
@@ -351,10 +357,9 @@ class Records:
         """New tickets for tasks still pending (the active scheduler knows them)."""
         ids = list(task_ids)
         with translate_errors():
-            pipe = self.redis.pipeline(transaction=False)
-            for task_id in ids:
-                self._renew(keys=[self.names.task(task_id)], args=[self.ticket(task_id)], client=pipe)
-            pipe.execute()
+            for start in range(0, len(ids), RENEW_BATCH):
+                batch = ids[start : start + RENEW_BATCH]
+                self._renew(keys=[self.names.task(t) for t in batch], args=[self.ticket(t) for t in batch])
 
     # --- writing --------------------------------------------------------------------
     def create(self, tasks: Iterable[NewTask], wait: bool = True) -> None:
@@ -396,10 +401,11 @@ class Records:
                 args += [key, value]
         self._next_stamp = now + (position + 1) * 1e-6
         with translate_errors():
+            # The history key routes the call (to the shard of the cluster's keys); ARGV names it too.
             if wait:
-                self._create(keys=[], args=args)
+                self._create(keys=[names.history], args=args)
             else:
-                self._create.send(keys=[], args=args)
+                self._create.send(keys=[names.history], args=args)
 
     def created(self) -> None:
         """Take the reply of ``create(..., wait=False)``.

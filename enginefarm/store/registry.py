@@ -54,6 +54,10 @@ redis.call('ZADD', KEYS[2], tonumber(t[1]) + tonumber(t[2]) / 1e6, ARGV[1])
 return 1
 """
 
+# Redis's clock, read where the heartbeats are (on a Redis Cluster, the shard of the cluster's
+# keys, whose clock the scripts above use). KEYS[1]: the heartbeat set, which routes the call.
+_NOW = "return redis.call('TIME')"
+
 # ARGV[1] = timeout; ARGV[2] = 'live' or 'stale'
 _BY_AGE = """
 local t = redis.call('TIME')
@@ -106,6 +110,7 @@ class Registry:
         self._heartbeat = redis_client.register_script(_HEARTBEAT)
         self._activate = redis_client.register_script(_ACTIVATE)
         self._by_age = redis_client.register_script(_BY_AGE)
+        self._now = redis_client.register_script(_NOW)
 
     # --- membership ----------------------------------------------------------------
     def register(self, info: dict[str, Any], max_engines: int) -> int:
@@ -174,8 +179,7 @@ class Registry:
             held = self.redis.hgetall(self.names.engines)
             beating = set(_engine_ids(cast("list[bytes]", self.redis.zrange(self.names.heartbeats, 0, -1)),
                                       self.on_invalid, "the heartbeat set"))
-            seconds, micros = self.redis.time()
-        cutoff = seconds + micros / 1e6 - 2 * self.engine_timeout_s
+        cutoff = self.server_time() - 2 * self.engine_timeout_s
         entries = self._entries(held)
         # An entry that does not decode counts as registered long ago: if its engine is not
         # beating, it is reaped and its id freed.
@@ -185,8 +189,8 @@ class Registry:
     def server_time(self) -> float:
         """Redis's clock, the one heartbeats are judged by."""
         with translate_errors():
-            seconds, micros = self.redis.time()
-        return seconds + micros / 1e6
+            seconds, micros = self._now(keys=[self.names.heartbeats])
+        return int(seconds) + int(micros) / 1e6
 
     def info(self, engine_id: int | None = None) -> dict[int, dict[str, Any]]:
         """Registration info (host, pid, started, heartbeat) of one or all engines."""

@@ -131,7 +131,8 @@ def sweep(prefix: str) -> list[str]:
         import redis
 
         client = redis.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        # enginefarm's keys start with the cluster name in braces (its hash tag), the others' with the name.
+        keys = [k for match in (prefix + "*", "{" + prefix + "*") for k in client.scan_iter(match=match, count=1000)]
         if keys:
             found.append(f"{len(keys)} Redis key(s)")
             for i in range(0, len(keys), 1000):

@@ -21,6 +21,7 @@ from common import (round_trips, Workers, bench_env, descendants, emit, exit_on_
 
 from benchtasks import add
 from enginefarm import Client, MapTask, PayloadTooLarge
+from enginefarm.names import Names
 
 SYSTEM = "enginefarm"
 
@@ -51,7 +52,7 @@ def cleanup(name: str) -> None:
     except Exception as exc:
         log("rabbit cleanup failed:", exc)
     try:
-        log(f"removed {redis_delete(name + ':*')} Redis keys")
+        log(f"removed {redis_delete(Names(name).pattern)} Redis keys")
     except Exception as exc:
         log("redis cleanup failed:", exc)
 
@@ -88,7 +89,7 @@ def cluster_bytes(redis: Any, name: str) -> int:
 
     Unlike INFO's used_memory, other users of the same Redis do not disturb it.
     """
-    keys = list(redis.scan_iter(match=f"{name}:*", count=1000))
+    keys = list(redis.scan_iter(match=Names(name).pattern, count=1000))
     pipe = redis.pipeline(transaction=False)
     for key in keys:
         pipe.memory_usage(key, samples=0)

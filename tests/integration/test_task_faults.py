@@ -264,7 +264,7 @@ def test_standby_scheduler_takes_over_under_load(cluster, client, settings):
     standby = cluster.start_scheduler(scheme="lifo", wait=False)
     wait_for(lambda: "waiting for the lease" in standby.log(), TIMEOUT_S, "the standby to wait for the lease")
     cluster.start_engines(2)
-    key = f"{settings.cluster}:test:executions"
+    key = cluster.names.key("test", "executions")
     total = 300
     ids = submit_counted(client, key, range(total))
     wait_for(lambda: client.records.status_counts()["completed"] >= 40, TIMEOUT_S, "some tasks to complete")
@@ -292,7 +292,7 @@ def engine_queue_depth(cluster, engine_id: int) -> int | None:
 
 def test_restarted_scheduler_resumes(cluster, client, settings):
     first = cluster.start_scheduler(scheme="lifo")
-    key = f"{settings.cluster}:test:executions"
+    key = cluster.names.key("test", "executions")
     engines = cluster.start_engines(2)
     before = submit_counted(client, key, range(100))
     wait_for(lambda: client.records.status_counts()["completed"] >= 20, TIMEOUT_S, "some tasks to complete")
@@ -319,7 +319,7 @@ def test_restarted_scheduler_resumes(cluster, client, settings):
 def test_no_task_lost_in_a_thousand(cluster, client, settings):
     cluster.start_scheduler()
     cluster.start_engines(2)
-    key = f"{settings.cluster}:test:executions"
+    key = cluster.names.key("test", "executions")
     total = 1000
     ids = submit_counted(client, key, range(total), sleep_s=0.0)
     assert len(set(ids)) == total

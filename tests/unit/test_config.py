@@ -8,7 +8,8 @@ import os
 import pytest
 
 from enginefarm.broker.connection import BrokerConnection
-from enginefarm.config import ENV_PREFIX, Settings, default_key_file, split_urls
+from enginefarm.config import (ENV_PREFIX, RedisClusterURL, Settings, default_key_file, parse_redis_cluster_url,
+                               split_urls)
 from enginefarm.errors import ConfigError, EnginefarmError
 from enginefarm.local import settings_env
 
@@ -130,6 +131,8 @@ def test_nan_timing_from_environment_is_refused(var):
     ("redis_url", "redis://redis.internal"),
     ("redis_url", "redis://[::1]:6379/0"),
     ("redis_url", "unix:///run/redis/redis.sock?db=0"),
+    ("redis_url", "redis+cluster://10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000"),
+    ("redis_url", "rediss+cluster://enginefarm:secret@redis-a.internal:7000,[::1]/0"),
 ])
 def test_server_urls_that_work_are_accepted(field, url):
     assert getattr(Settings.load(env={}, **{field: url}), field) == url
@@ -146,6 +149,12 @@ def test_server_urls_that_work_are_accepted(field, url):
     ("ENGINEFARM_REDIS_URL", "redis+sentinel://s1:26379/mymaster", "scheme 'redis+sentinel'"),
     ("ENGINEFARM_REDIS_URL", "redis://a:6379/0,redis://:hunter2@b:6379/0", "takes one URL"),
     ("ENGINEFARM_REDIS_URL", "redis://127.0.0.1:6379/zero", "database number"),
+    ("ENGINEFARM_REDIS_URL", "redis://a:6379,b:6379", "redis+cluster://host:port,host:port"),
+    ("ENGINEFARM_REDIS_URL", "redis+cluster://:hunter2@a:7000,,b:7000", "node 2 of 3 names no host"),
+    ("ENGINEFARM_REDIS_URL", "redis+cluster://:hunter2@a:7000,b:70000", "node 2 of 2 has an invalid port '70000'"),
+    ("ENGINEFARM_REDIS_URL", "redis+cluster://:hunter2@", "node 1 of 1 names no host"),
+    ("ENGINEFARM_REDIS_URL", "redis+cluster://:hunter2@a:7000/1", "has only database 0"),
+    ("ENGINEFARM_REDIS_URL", "redis+cluster://:hunter2@a:7000?ssl=1", "takes no query options"),
     ("ENGINEFARM_AMQP_URL", "amqp://guest:hunter2@127.0.0.1:99999/%2F", "invalid port '99999'"),
     ("ENGINEFARM_AMQP_URL", "amqp://guest:hunter2@127.0.0.1:x/%2F", "invalid port 'x'"),
     ("ENGINEFARM_AMQP_URL", "redis://127.0.0.1:5672/%2F", "scheme 'redis'"),
@@ -158,6 +167,14 @@ def test_a_bad_server_url_is_one_config_error_naming_the_setting(var, url, says)
     message = str(info.value)
     assert message.startswith(f"{var} ") and says in message, message
     assert "\n" not in message and "hunter2" not in message
+
+
+def test_a_redis_cluster_url_gives_its_nodes_and_credentials():
+    assert parse_redis_cluster_url("rediss+cluster://ef:p%40ss%2C1@a.internal:7001, [::1] ,b:7003/0") == (
+        RedisClusterURL(nodes=(("a.internal", 7001), ("::1", 6379), ("b", 7003)), username="ef",
+                        password="p@ss,1", tls=True))
+    assert parse_redis_cluster_url("redis+cluster://:secret@a:7000") == RedisClusterURL(
+        nodes=(("a", 7000),), username=None, password="secret", tls=False)
 
 
 # --- several AMQP URLs ---------------------------------------------------------------------
