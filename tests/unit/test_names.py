@@ -26,6 +26,8 @@ SAMPLES: dict[str, list[object]] = {
     "client_id": ["client-1"],
     "name": ["failures"],
     "parts": [("anything", 1)],
+    "blob_id": ["9" * 32, "*"],
+    "part": [0, 1023, "*"],
 }
 
 
