@@ -172,6 +172,31 @@ def split_urls(value: str) -> list[str]:
     return [url.strip() for url in value.split(",") if url.strip()]
 
 
+# Query options of an amqps:// URL that enginefarm reads itself (named as redis-py names its
+# own, so both servers' URLs say TLS the same way); pika sees the URL without them.
+AMQP_TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+
+
+def amqp_tls_options(url: str) -> tuple[str, dict[str, str]]:
+    """The URL without enginefarm's TLS options, and those options.
+
+    Raises:
+        ConfigError: a TLS option on a URL that is not amqps://, or one given twice.
+    """
+    parts = urllib.parse.urlsplit(url)
+    pairs = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    mine = [(k, v) for k, v in pairs if k in AMQP_TLS_OPTIONS]
+    if not mine:
+        return url, {}
+    if parts.scheme != "amqps":
+        raise _url_error("amqp_url", f"has {', '.join(k for k, _ in mine)}, which needs an amqps:// URL")
+    options = dict(mine)
+    if len(options) != len(mine):
+        raise _url_error("amqp_url", "gives a TLS option twice")
+    rest = urllib.parse.urlencode([(k, v) for k, v in pairs if k not in AMQP_TLS_OPTIONS])
+    return urllib.parse.urlunsplit(parts._replace(query=rest)), options
+
+
 def check_amqp_url(url: str) -> None:
     """Refuse an AMQP setting that pika could not connect with: one URL, or several separated
     by commas (nodes of one RabbitMQ cluster, tried in turn), each checked.
@@ -188,6 +213,7 @@ def check_amqp_url(url: str) -> None:
     for n, one in enumerate(urls, 1):
         where = "" if len(urls) == 1 else f"URL {n} of {len(urls)} "
         _check_server_url("amqp_url", one, AMQP_SCHEMES, where)
+        amqp_tls_options(one)
 
 
 def check_redis_url(url: str) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import pika
 import redis
 
+from enginefarm.broker.connection import connection_parameters
 from enginefarm.config import Settings, split_urls
 from enginefarm.local import settings_env
 from enginefarm.names import Names
@@ -161,8 +162,10 @@ class Cluster:
 
 
 def amqp_connection(settings: Settings) -> pika.BlockingConnection:
-    """A plain pika connection to the first of the settings' AMQP URLs that answers."""
-    return pika.BlockingConnection([pika.URLParameters(url) for url in split_urls(settings.amqp_url)])
+    """A plain pika connection to the first of the settings' AMQP URLs that answers (with
+    the TLS options enginefarm reads from an amqps:// URL)."""
+    return pika.BlockingConnection([connection_parameters(url, 60, "enginefarm-tests")
+                                    for url in split_urls(settings.amqp_url)])
 
 
 def remove_cluster(settings: Settings, max_engine_id: int = 64) -> None:

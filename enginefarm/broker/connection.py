@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import pika
 import pika.exceptions
 
-from ..config import split_urls
-from ..errors import BrokerError
+from ..config import amqp_tls_options, split_urls
+from ..errors import BrokerError, ConfigError
 
 if TYPE_CHECKING:
     from pika.adapters.blocking_connection import BlockingChannel
@@ -28,8 +30,29 @@ RECOVERABLE = (
 )
 
 
+def tls_context(options: dict[str, str]) -> ssl.SSLContext:
+    """Verifies the server against ``ssl_ca_certs`` (else the system's CAs) and its name;
+    presents ``ssl_certfile``/``ssl_keyfile`` when the server asks for a client certificate.
+
+    Raises:
+        ConfigError: a file is missing or unusable.
+    """
+    try:
+        context = ssl.create_default_context(cafile=options.get("ssl_ca_certs") or None)
+        if options.get("ssl_certfile"):
+            context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile") or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"ENGINEFARM_AMQP_URL: TLS files unusable: {exc}") from exc
+    return context
+
+
 def connection_parameters(url: str, heartbeat_s: int, name: str) -> pika.URLParameters:
+    url, options = amqp_tls_options(url)
     params = pika.URLParameters(url)
+    if params.ssl_options is not None:
+        # pika's own default context for amqps:// does not check the server's name.
+        host = urllib.parse.urlsplit(url).hostname or "localhost"
+        params.ssl_options = pika.SSLOptions(tls_context(options), server_hostname=host)
     params.heartbeat = heartbeat_s
     params.blocked_connection_timeout = max(60, heartbeat_s * 2)
     params.connection_attempts = 1
