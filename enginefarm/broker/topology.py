@@ -41,7 +41,7 @@ def _declare_queue(channel: BlockingChannel, queue: str, arguments: dict[str, ob
         raise BrokerError(
             f"queue {queue} exists with other arguments than this version declares ({kind}, {arguments}): "
             f"it is probably a classic queue from an earlier enginefarm. Stop the cluster's clients and "
-            f"daemons, let the queue drain (enginefarm admin status shows its depth), delete it "
+            f"daemons, let the queue drain (enginefarm status shows its depth), delete it "
             f"(rabbitmqctl delete_queue {queue}) and start again. RabbitMQ said: {exc.reply_text}"
         ) from exc
 
