@@ -12,13 +12,14 @@ Everything is stopped by PID and its directory removed at the end, also on failu
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -108,7 +109,7 @@ class RabbitCluster:
         for node in self.nodes:
             self._await(node, timeout_s)
         first = self.nodes[0].node
-        self._parallel([lambda node=node: self._join(node, first) for node in self.nodes[1:]])
+        self._parallel([functools.partial(self._join, node, first) for node in self.nodes[1:]])
         self.nodes[0].ctl("await_online_nodes", str(self.size), "--timeout", str(int(timeout_s)))
 
     @staticmethod
@@ -118,12 +119,12 @@ class RabbitCluster:
         node.ctl("start_app")
 
     @staticmethod
-    def _parallel(jobs: list[object]) -> None:
+    def _parallel(jobs: list[Callable[[], None]]) -> None:
         errors: list[BaseException] = []
 
-        def run(job: object) -> None:
+        def run(job: Callable[[], None]) -> None:
             try:
-                job()  # type: ignore[operator]
+                job()
             except BaseException as exc:
                 errors.append(exc)
 
@@ -175,7 +176,7 @@ class RabbitCluster:
         return [node.node for node in self.nodes].index(nodename)
 
     def running_nodes(self, via: int = 0) -> list[str]:
-        """Names of the nodes node ``via`` sees running (``cluster_status``)."""
+        """Names of the nodes node ``via`` sees running."""
         out = self.nodes[via].ctl("eval", "rabbit_nodes:all_running().")
         return sorted(part.strip(" []'\n") for part in out.strip().strip("[]\n").split(",") if part.strip(" []\n"))
 
