@@ -66,6 +66,13 @@ class DecodeError(EnginefarmError):
         super().__init__(f"{field} {detail}")
 
 
+class DeliveryLimitError(DecodeError):
+    """A message came back to its queue as often as the queue allows (its engine kept losing
+    the broker while holding it): refused rather than handed to the broker's dead-lettering."""
+
+    reason = "delivery_limit"
+
+
 class SchedulingError(EnginefarmError):
     """A target or task cannot be scheduled."""
 

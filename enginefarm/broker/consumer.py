@@ -122,6 +122,9 @@ class Consumer:
             except BrokerError as exc:
                 self.ready.clear()
                 log.error("%s; still trying", exc)
+                # A refused declaration (a queue of an older kind) would otherwise be retried
+                # in a tight loop of connections.
+                stop.wait(1.0)
             except RECOVERABLE as exc:
                 self.ready.clear()
                 log.warning("broker connection lost (%s: %s); reconnecting", type(exc).__name__, exc)

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PERSISTENT: Final = 2
+# How long ``publish`` keeps sending a message the broker nacks: a quorum queue whose leader's
+# node was lost nacks until its other members have elected a new leader (a few seconds).
+NACK_WINDOW_S: Final = 15.0
 
 
 class _ImplChannel(Protocol):
@@ -105,6 +108,7 @@ class Publisher:
         self._unconfirmed: dict[int, Outgoing] = {}
         self._seq = 0
         self._returned: set[int] = set()
+        self._nacked = False
 
     def _setup(self, channel: BlockingChannel) -> None:
         channel.confirm_delivery()
@@ -132,7 +136,9 @@ class Publisher:
         """
         props = pika.BasicProperties(delivery_mode=PERSISTENT, headers=headers, priority=priority)
         last: Exception | None = None
-        for attempt in range(self.attempts):
+        attempt, nacks_until, delay = 0, time.monotonic() + NACK_WINDOW_S, 0.05
+        while attempt < self.attempts:
+            attempt += 1
             try:
                 self.channel.basic_publish(exchange, routing_key, body, props, mandatory=mandatory)
                 return
@@ -140,7 +146,17 @@ class Publisher:
                 raise UnroutableError(f"no queue for routing key {routing_key!r} on {exchange!r}") from exc
             except pika.exceptions.NackError as exc:
                 last = exc
-                log.warning("broker nacked a publish to %s (attempt %d)", exchange, attempt + 1)
+                log.warning("broker nacked a publish to %s (attempt %d)", exchange, attempt)
+                # A quorum queue nacks while it has no leader (its node was lost and the
+                # others are electing one): wait for that rather than give up at once. The
+                # channel that saw it is dropped: in RabbitMQ 3.10 it keeps sending to the
+                # lost leader and nacks every later publish, while a new channel reaches
+                # the new one.
+                self.link.close()
+                if time.monotonic() + delay < nacks_until:
+                    time.sleep(delay)
+                    delay = min(delay * 2, 1.0)
+                    attempt = min(attempt, self.attempts - 1)
             except RECOVERABLE as exc:
                 last = exc
                 log.warning("publish to %s failed: %s; reconnecting", exchange, type(exc).__name__)
@@ -227,6 +243,16 @@ class Publisher:
         raise BrokerError(f"could not publish: {type(last).__name__}: {last}") from last
 
     def _async_channel(self) -> _ImplChannel:
+        if self._nacked:
+            # As in ``publish``: a channel that was nacked by a quorum queue without a leader
+            # keeps being nacked; a new one (after a pause for the election) is not.
+            self._nacked = False
+            if self._async is not None and self._async.is_open:
+                try:
+                    cast(Any, self._async).close()
+                except RECOVERABLE:
+                    self.link.close()
+            time.sleep(0.2)
         self.link.open()
         if self._async is None or self._async_generation != self.link.generation or not self._async.is_open:
             # A new channel numbers its publishes from 1: what the old one never confirmed goes again.
@@ -259,6 +285,7 @@ class Publisher:
             if nacked:
                 log.warning("broker nacked a publish to %s; sending it again", message.exchange)
                 self._unsent.append(message)
+                self._nacked = True
             elif seq in self._returned and message.on_return is not None:
                 message.on_return()
             self._returned.discard(seq)

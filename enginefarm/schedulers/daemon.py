@@ -24,7 +24,7 @@ from ..broker import BrokerConnection, Consumer, Delivery, Publisher
 from ..broker.topology import declare_cluster
 from ..config import Settings
 from ..deadletter import dead_letter
-from ..errors import DecodeError, EnginefarmError, SignatureError, StoreError, UnroutableError
+from ..errors import BrokerError, DecodeError, EnginefarmError, SignatureError, StoreError, UnroutableError
 from ..incidents import Incidents
 from ..metrics import Metrics
 from ..systemd import notify
@@ -335,6 +335,12 @@ class Scheduler:
             self._untrack(task_id)
             self.records.requeue(task_id, engine_id, "")
             return
+        except BrokerError:
+            # Not sent (the broker nacked it or stayed away): back to the backlog, so that it
+            # is routed again instead of counted against an engine that never got it.
+            self._untrack(task_id)
+            self.records.requeue(task_id, engine_id, "")
+            raise
         self.metrics.tasks.labels("dispatched").inc()
 
     # --- events --------------------------------------------------------------------

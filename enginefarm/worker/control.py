@@ -25,7 +25,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ..broker import Delivery
-from ..errors import DecodeError, SignatureError, StoreError
+from ..broker.topology import over_delivery_limit
+from ..errors import DecodeError, DeliveryLimitError, SignatureError, StoreError
 from ..incidents import Incidents
 from ..keys import KeyRing
 from ..serialization import dumps
@@ -108,6 +109,9 @@ class Control:
 
     def _open(self, delivery: Delivery) -> TaskHeader | None:
         """The verified header of a signal for this engine, or None once it is refused."""
+        if over_delivery_limit(delivery.headers):
+            self.refuse(delivery, DeliveryLimitError(delivery.queue, "gave it back as often as its x-delivery-limit allows"))
+            return None
         try:
             header = open_task(self.ring, delivery.body, self.max_age_s).header
         except (SignatureError, DecodeError) as exc:

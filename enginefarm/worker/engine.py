@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..broker import BrokerConnection, Consumer, Delivery, Publisher
-from ..broker.topology import declare_cluster, declare_control_queue, declare_engine_queue
+from ..broker.topology import declare_cluster, declare_control_queue, declare_engine_queue, over_delivery_limit
 from ..config import Settings
 from ..deadletter import dead_letter
 from ..buffers import is_packed, pack, unpack
-from ..errors import DataExpired, DecodeError, EnginefarmError, SignatureError, StoreError
+from ..errors import DataExpired, DecodeError, DeliveryLimitError, EnginefarmError, SignatureError, StoreError
 from ..incidents import Incidents
 from ..metrics import Metrics
 from ..systemd import notify, watchdog_interval_s
@@ -280,6 +280,9 @@ class Engine:
     def _open(self, delivery: Delivery) -> Job | None:
         """Verify and decode a delivery; one that fails is dead-lettered and None returned."""
         ack = AckOnce(self.consumer, delivery)
+        if delivery.queue != self.names.work_queue and over_delivery_limit(delivery.headers):
+            self._refuse(delivery, ack, DeliveryLimitError(delivery.queue, "gave it back as often as its x-delivery-limit allows"))
+            return None
         try:
             message = open_task(self.ring, delivery.body, self.settings.max_message_age_s)
         except (SignatureError, DecodeError) as exc:

@@ -1,0 +1,75 @@
+"""Scenario 16: kill -9 of the RabbitMQ node that leads every queue and holds every connection,
+under load, on a private three-node cluster; it restarts and rejoins. The shared servers are
+never touched."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from enginefarm import Client
+
+from ..harness import Cluster, wait_for
+from ..rabbitcluster import RabbitCluster, rabbit_cluster
+from .conftest import report, tally
+from .test_restarts import Load, completed_count
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def rabbits(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]:
+    with rabbit_cluster(str(tmp_path_factory.mktemp("rabbits"))) as nodes:
+        yield nodes
+
+
+def test_16_rabbitmq_node_killed_under_load_on_a_three_node_cluster(settings, tmp_path, rabbits):
+    # Every process is told the three URLs, first node first: it connects there, and the
+    # queues it declares are led from there (RabbitMQ places a new leader on the client's node).
+    local = settings.replace(amqp_url=rabbits.url)
+    cluster = Cluster(local, str(tmp_path))
+    log = str(tmp_path / "exec.log")
+    names = cluster.names
+    try:
+        # Given a LIFO scheduler (tasks go through <cluster>.tasks and the engine queues) and
+        # two engines (which also consume <cluster>.work), all connected to node 0
+        cluster.start_scheduler("lifo")
+        cluster.start_engines(2)
+        started = time.monotonic()
+        with Client(settings=local) as client:
+            client.ids  # connect now
+            leaders = {q: rabbits.leader_of(q) for q in (names.tasks_queue, names.engine_queue(0))}
+            assert set(leaders.values()) == {rabbits.nodes[0].node}, leaders
+            load = Load(local, log, batches=100, batch=25, sleep_s=0.0).start()
+            wait_for(lambda: completed_count(client, load.ids) >= 300, 120, "the load to get going")
+            before = completed_count(client, load.ids)
+            # When node 0, leader of the queues and peer of every connection, is killed
+            rabbits.kill(0)
+            down_at = time.monotonic()
+            # Then everyone reconnects to a surviving node, redeclares, and work resumes
+            wait_for(lambda: completed_count(client, load.ids) > before + 200
+                     or (not load.thread.is_alive() and completed_count(client, load.ids) == len(load.ids)),
+                     120, "work to resume on the surviving nodes")
+            recover_s = time.monotonic() - down_at
+            moved = {q: rabbits.leader_of(q, via=1) for q in leaders}
+            # And the killed node comes back and rejoins while the load goes on
+            rabbits.restart(0)
+            rejoin_s = time.monotonic() - down_at
+            assert rabbits.running_nodes(via=1) == sorted(n.node for n in rabbits.nodes)
+            load.join()
+            client.barrier(load.ids, timeout=300)
+            t = tally(client, load.ids, log, load.keys)
+        report("16 RabbitMQ cluster: kill -9 of the leading node under load (3 private nodes)", t,
+               time.monotonic() - started, 0, recover_s,
+               notes=f"recover = node down until work resumed; rejoined after {rejoin_s:.1f} s")
+        assert rabbits.nodes[0].node not in moved.values(), moved
+        # Every accepted task ended in exactly one terminal record; none ran twice (no engine
+        # died or lost its work, only the broker node under it)
+        assert t.lost == [] and t.duplicate_records == [] and t.reruns == 0
+        assert t.statuses["completed"] == len(load.ids) == 2500
+        assert all(d.proc.poll() is None for d in cluster.daemons)  # scheduler and engines rode it out
+        assert recover_s < 60
+    finally:
+        cluster.teardown()
