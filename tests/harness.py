@@ -17,6 +17,7 @@ import redis
 from enginefarm.config import Settings, split_urls
 from enginefarm.local import settings_env
 from enginefarm.names import Names
+from enginefarm.store import connect
 
 
 def wait_for(predicate: Callable[[], Any], timeout_s: float = 30.0, what: str = "condition") -> Any:
@@ -66,7 +67,7 @@ class Cluster:
         return Names(self.settings.cluster)
 
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.settings.redis_url)
+        return connect(self.settings.redis_url)
 
     def spawn(self, args: list[str], env_extra: dict[str, str] | None = None, netns: str | None = None) -> Daemon:
         """``enginefarm ARGS`` as a subprocess; in network namespace ``netns`` (a test host,
@@ -175,7 +176,7 @@ def remove_cluster(settings: Settings, max_engine_id: int = 64) -> None:
             channel.exchange_delete(exchange)
     finally:
         conn.close()
-    client = redis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     keys = list(client.scan_iter(match=names.pattern, count=1000))
     if keys:
         client.delete(*keys)
