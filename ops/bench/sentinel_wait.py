@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
 
-from common import AMQP_URL, Workers, bench_env, emit, exit_on_sigterm, log, percentile, rabbit_delete
+from common import (AMQP_URL, alive, bench_env, descendants, emit, exit_on_sigterm, log, percentile, rabbit_delete,
+                    stop_pids)
 
 from benchtasks import add
 from enginefarm import Client, MapTask
@@ -39,11 +41,11 @@ def measure(url: str, replicas: int, rep: int, args: argparse.Namespace) -> dict
     name = f"bench_wait{replicas}_{rep}_{os.getpid()}"
     env = {"ENGINEFARM_REDIS_URL": url, "ENGINEFARM_REDIS_MIN_REPLICAS": str(replicas),
            "ENGINEFARM_AMQP_URL": AMQP_URL, "ENGINEFARM_KEY_FILE": key_file()}
-    workers = Workers()
+    exe = os.path.join(os.path.dirname(sys.executable), "enginefarm")
+    # Not common.Workers: its stop() ends every process below this one, the Redis servers too.
+    cluster = subprocess.Popen([exe, "--log-level", "WARNING", "cluster", "-n", "2", "--cluster", name],
+                               env=bench_env(env), stdin=subprocess.DEVNULL)
     try:
-        exe = os.path.join(os.path.dirname(sys.executable), "enginefarm")
-        workers.start([exe, "--log-level", "WARNING", "cluster", "-n", "2", "--cluster", name],
-                      env=bench_env(env))
         with Client(cluster=name, redis_url=url, amqp_url=AMQP_URL, redis_min_replicas=replicas) as c:
             wait_engines(c, 2)
             c.barrier(c.submit_many([MapTask(add, (i, i)) for i in range(200)]), timeout=args.timeout)
@@ -62,10 +64,14 @@ def measure(url: str, replicas: int, rep: int, args: argparse.Namespace) -> dict
                 assert value == 3, value
         out = {"tasks_per_s": rate, "p50_ms": percentile(times, 50) * 1000, "p99_ms": percentile(times, 99) * 1000}
         for metric, value in out.items():
-            emit(SYSTEM, "wait", f"{metric}_min_replicas_{replicas}", value, metric.rpartition("_")[2], rep=rep)
+            emit(SYSTEM, "wait", f"{metric}_min_replicas_{replicas}", value,
+                 "tasks/s" if metric == "tasks_per_s" else "ms", rep=rep)
         return out
     finally:
-        workers.stop()
+        below = descendants(cluster.pid)
+        stop_pids([cluster.pid], 15.0)
+        cluster.wait()
+        stop_pids([pid for pid in below if alive(pid)], 5.0)
         cleanup(name, url)
 
 
