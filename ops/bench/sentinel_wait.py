@@ -15,6 +15,7 @@ lines (as the other modules) and then a table with the ratios; the RabbitMQ is t
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import subprocess
 import sys
@@ -51,7 +52,11 @@ def measure(url: str, replicas: int, rep: int, args: argparse.Namespace) -> dict
             c.barrier(c.submit_many([MapTask(add, (i, i)) for i in range(200)]), timeout=args.timeout)
             t0 = time.perf_counter()
             ids = c.submit_many([MapTask(add, (i, i)) for i in range(args.tasks)])
-            c.barrier(ids, timeout=args.timeout)
+            try:
+                c.barrier(ids, timeout=args.timeout)
+            except Exception:
+                log("statuses when it gave up:", collections.Counter(c.records.statuses(ids)))
+                raise
             rate = args.tasks / (time.perf_counter() - t0)
             assert [c.results[t] for t in ids] == [2 * i for i in range(args.tasks)], "wrong results"
             for _ in range(20):
