@@ -59,6 +59,36 @@ class _SentinelConnection(redis.sentinel.SentinelManagedConnection):
         super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
 
 
+class _Sentinels(redis.sentinel.Sentinel):
+    """Believes the sentinel with the newest configuration, not the first that answers.
+
+    redis-py takes the first sentinel whose primary looks healthy. Right after a failover a
+    sentinel that has not heard of it yet still names the old primary, and once that server is
+    restarted (an empty primary until the sentinels demote it) it looks healthy: clients
+    sent there would write into a dataset about to be thrown away. Each failover raises the
+    configuration epoch, so the highest epoch among the sentinels that answer names the
+    primary in force."""
+
+    def discover_master(self, service_name: str) -> tuple[str, int]:
+        best: tuple[int, tuple[str, int]] | None = None
+        errors = []
+        for sentinel in self.sentinels:
+            try:
+                masters = sentinel.sentinel_masters()
+                state = masters.get(service_name) if isinstance(masters, dict) else None
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            if state and self.check_master_state(state, service_name):  # type: ignore[no-untyped-call]
+                epoch = int(state.get("config-epoch", 0))
+                if best is None or epoch > best[0]:
+                    best = (epoch, (str(state["ip"]), int(state["port"])))
+        if best is None:
+            raise redis.sentinel.MasterNotFoundError(
+                f"no sentinel names a healthy primary for {service_name!r}" + (f": {'; '.join(errors)}" if errors else ""))
+        return best[1]
+
+
 def _open_sentinel(url: str, options: dict[str, Any]) -> redis.Redis:
     """redis+sentinel://: the primary the sentinels name, looked up again on every new
     connection. A connection that finds its server demoted (READONLY) is dropped by redis-py's
@@ -68,7 +98,7 @@ def _open_sentinel(url: str, options: dict[str, Any]) -> redis.Redis:
     sentinel_options = dict(socket_connect_timeout=SENTINEL_TIMEOUT_S, socket_timeout=SENTINEL_TIMEOUT_S,
                             retry=Retry(NoBackoff(), 0))
     # redis-py's sentinel module is untyped.
-    sentinels = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+    sentinels = _Sentinels(  # type: ignore[no-untyped-call]
         list(where.sentinels), sentinel_kwargs=sentinel_options, **options)
     client: redis.Redis = sentinels.master_for(  # type: ignore[no-untyped-call]
         where.service, db=where.db, username=where.username, password=where.password,
