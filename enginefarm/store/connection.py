@@ -1,4 +1,5 @@
-"""Connecting to Redis, and turning redis-py errors into StoreError."""
+"""Connecting to Redis (one server, or the primary Redis Sentinel names), and turning redis-py
+errors into StoreError."""
 
 from __future__ import annotations
 
