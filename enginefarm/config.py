@@ -39,7 +39,17 @@ class Settings:
     # One URL, or several separated by commas: nodes of one RabbitMQ cluster, tried in turn
     # when connecting and after a lost connection.
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    # redis://, rediss://, unix://, or redis+sentinel://[[user]:password@]host:port[,host:port...]
+    # /service[/db]: the primary of ``service`` as Redis Sentinel names it, followed through a
+    # failover.
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Replicas every record transition must reach (Redis WAIT) before the message that caused
+    # it is acked or a submit returns, so a failover cannot lose what was confirmed. -1: 1 with
+    # a redis+sentinel:// URL, else 0 (a single server has no replica to wait for). A write
+    # that reaches fewer within ``redis_replica_timeout_s`` fails like an unreachable Redis:
+    # not acked, tried again (every transition is a guarded script, safe to repeat).
+    redis_min_replicas: int = -1
+    redis_replica_timeout_s: float = 5.0
     key_file: str = ""
     # Older keys still accepted for verification during a rotation (comma-separated paths).
     old_key_files: str = ""
@@ -124,6 +134,17 @@ class Settings:
             raise ConfigError(f"engine_shell is one of {', '.join(ENGINE_SHELLS)}, not {self.engine_shell!r}")
         check_amqp_url(self.amqp_url)
         check_redis_url(self.redis_url)
+        if self.redis_min_replicas < -1:
+            raise ConfigError("redis_min_replicas is -1 (automatic), 0 or a number of replicas")
+        if not (math.isfinite(self.redis_replica_timeout_s) and self.redis_replica_timeout_s > 0):
+            raise ConfigError("redis_replica_timeout_s must be above 0")
+
+    @property
+    def min_replicas(self) -> int:
+        """``redis_min_replicas`` resolved: -1 means 1 behind Sentinel, else 0."""
+        if self.redis_min_replicas >= 0:
+            return self.redis_min_replicas
+        return 1 if url_scheme(self.redis_url) == SENTINEL_SCHEME else 0
 
     @property
     def resolved_key_file(self) -> str:
@@ -161,6 +182,14 @@ class Settings:
 # is wrong, never the URL itself: it may carry a password.
 AMQP_SCHEMES = ("amqp", "amqps")
 REDIS_SCHEMES = ("redis", "rediss")
+SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_PORT = 26379
+
+
+def url_scheme(url: str) -> str:
+    """The scheme of ``url``, lower case ('' without one)."""
+    scheme, sep, _ = url.partition("://")
+    return scheme.lower() if sep else ""
 
 
 def split_urls(value: str) -> list[str]:
@@ -222,8 +251,11 @@ def check_redis_url(url: str) -> None:
     Raises:
         ConfigError: one line naming ``ENGINEFARM_REDIS_URL`` and what is wrong.
     """
-    if isinstance(url, str) and url.partition("://")[0] in REDIS_CLUSTER_SCHEMES:
+    if isinstance(url, str) and url_scheme(url) in REDIS_CLUSTER_SCHEMES:
         parse_redis_cluster_url(url)
+        return
+    if isinstance(url, str) and url_scheme(url) == SENTINEL_SCHEME:
+        parse_sentinel_url(url)
         return
     if isinstance(url, str) and "," in url:
         raise _url_error("redis_url", "takes one URL; the nodes of a Redis Cluster are written "
@@ -233,7 +265,7 @@ def check_redis_url(url: str) -> None:
         if not parts.path:
             raise _url_error("redis_url", "names no socket path, as in unix:///run/redis/redis.sock")
         return
-    _check_server_url("redis_url", url, REDIS_SCHEMES + ("unix",))
+    _check_server_url("redis_url", url, REDIS_SCHEMES + ("unix", SENTINEL_SCHEME))  # names them all
     database = parts.path.lstrip("/")
     if database and not database.isdigit():
         raise _url_error("redis_url", "has a path that is not a database number, as in redis://host:6379/0")
@@ -284,6 +316,60 @@ def parse_redis_cluster_url(url: str) -> RedisClusterURL:
     user, _, password = userinfo.partition(":")
     return RedisClusterURL(tuple(nodes), urllib.parse.unquote(user) or None,
                            urllib.parse.unquote(password) or None, scheme == "rediss+cluster")
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    """What ``redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]`` says.
+
+    The sentinels are asked where ``service``'s primary is; ``username``/``password``
+    authenticate to the Redis servers (primary and replicas), not to the sentinels.
+    """
+
+    sentinels: tuple[tuple[str, int], ...]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    """Raises: ConfigError naming what is wrong (never the password)."""
+    def bad(what: str) -> ConfigError:
+        return _url_error("redis_url", what + f", as in {SENTINEL_SCHEME}://:password@host:26379,host:26380/service/0")
+
+    rest = url[len(SENTINEL_SCHEME) + 3:]
+    if "?" in rest or "#" in rest:
+        raise bad("takes no query or fragment")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = urllib.parse.unquote(user) or None
+        password = urllib.parse.unquote(secret) if colon else None
+    sentinels = []
+    for n, host in enumerate(hosts.split(","), 1):
+        host = host.strip()
+        where = f"sentinel {n} "
+        if host.startswith("["):
+            name, close, port = host[1:].partition("]")
+            if not close or (port and not port.startswith(":")):
+                raise bad(f"has a {where}that is not host:port")
+            port = port[1:]
+        else:
+            name, _, port = host.partition(":")
+        if not name:
+            raise bad(f"names no host for {where}".rstrip())
+        if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise bad(f"has an invalid port {port!r} for {where}".rstrip())
+        sentinels.append((name, int(port) if port else SENTINEL_PORT))
+    service, _, db = path.strip("/").partition("/")
+    if not service:
+        raise bad("names no service (the primary's name in the sentinels' configuration)")
+    if db and not db.isdigit():
+        raise bad("has a database that is not a number")
+    return SentinelURL(tuple(sentinels), urllib.parse.unquote(service), int(db or 0), username, password)
 
 
 def _check_server_url(field: str, url: str, schemes: tuple[str, ...], where: str = "") -> None:

@@ -31,6 +31,11 @@ class StoreError(EnginefarmError):
     """Redis could not be reached or refused an operation."""
 
 
+class ReplicationError(StoreError):
+    """A write reached the primary but not as many replicas as the settings ask for in time:
+    it may not survive a failover, so nothing that depends on it is confirmed."""
+
+
 class SerializationError(EnginefarmError):
     """An object could not be pickled or unpickled."""
 

@@ -61,9 +61,14 @@ class Reaper:
 
     @property
     def may_judge(self) -> bool:
+        # The last healthy call must be recent too: a thread that judges while the one that
+        # observes is still blocked in an outage (an engine's upkeep beside its heartbeat, right
+        # after a Redis failover) has not seen Redis continuously.
+        now = time.monotonic()
         return (
             self._healthy_since is not None
-            and time.monotonic() - self._healthy_since >= self.engine_timeout_s
+            and now - self._last_ok <= self.max_gap_s
+            and now - self._healthy_since >= self.engine_timeout_s
         )
 
     def reap_stale(self) -> list[int]:

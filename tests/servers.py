@@ -162,12 +162,15 @@ class PrivateRabbit:
 @dataclass
 class PrivateRedis:
     """A Redis server of its own on ``host``; ``durable``: with an append-only file so a restart
-    keeps the data (else nothing on disk)."""
+    keeps the data (else nothing on disk). ``config_file`` is read first and ``extra_args``
+    come last (``--replicaof HOST PORT``; ``--sentinel`` with a sentinel's file, tests/sentinel.py)."""
 
     base_dir: str
     port: int = field(default_factory=free_port)
     host: str = "127.0.0.1"
     durable: bool = True
+    config_file: str = ""
+    extra_args: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -183,8 +186,9 @@ class PrivateRedis:
             persistence += ["--protected-mode", "no"]
         with open(os.path.join(self.base_dir, "redis.log"), "ab") as log:
             self.proc = subprocess.Popen(
-                ["redis-server", "--bind", self.host, "--port", str(self.port), "--dir", self.base_dir,
-                 *persistence, "--save", "", "--daemonize", "no"],
+                ["redis-server", *([self.config_file] if self.config_file else []), "--bind", self.host,
+                 "--port", str(self.port), "--dir", self.base_dir, *persistence, "--save", "", "--daemonize", "no",
+                 *self.extra_args],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL,
             )
         wait_port(self.port, True, timeout_s, "private Redis", self.host)

@@ -17,7 +17,7 @@ import redis
 from ..buffers import PART_BYTES, BufferRef
 from ..errors import DataExpired, PayloadTooLarge, SignatureError
 from ..names import Names
-from .connection import UNAVAILABLE, translate_errors
+from .connection import UNAVAILABLE, ReplicaWait, translate_errors
 from .sharded import pool_for
 
 # Parts sent or read per round trip: enough to keep the socket busy, few enough to bound
@@ -36,11 +36,15 @@ class _RawConnection(Protocol):
 
 
 class BlobStore:
-    def __init__(self, client: redis.Redis, names: Names, ttl_s: int, cap_bytes: int) -> None:
+    def __init__(self, client: redis.Redis, names: Names, ttl_s: int, cap_bytes: int,
+                 replicas: ReplicaWait | None = None) -> None:
         self.client = client
         self.names = names
         self.ttl_s = max(1, int(ttl_s))
         self.cap_bytes = cap_bytes
+        # Behind Sentinel, parts are on a replica before the payload naming them is sent, as
+        # records are: a failover must not keep a request whose buffers it lost.
+        self.replicas = replicas if replicas is not None and replicas.replicas > 0 else None
 
     def check(self, buffers: Sequence[memoryview], what: str) -> None:
         """Raises: PayloadTooLarge when the buffers exceed the cluster's cap (max_value_bytes)."""
@@ -88,12 +92,17 @@ class BlobStore:
             name = key.encode()
             chunks += [b"*5\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n" % (len(name), name, part.nbytes), part,
                        b"\r\n$2\r\nEX\r\n$%d\r\n%s\r\n" % (len(ttl), ttl)]
+        if self.replicas is not None:
+            wait = [str(arg).encode() for arg in self.replicas.command()]
+            chunks.append(b"*3\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in wait))
         pool = pool_for(self.client, items[0][0])
         conn = cast(_RawConnection, pool.get_connection())
         try:
             conn.send_packed_command(chunks, check_health=False)
             for _ in items:
                 conn.read_response()
+            if self.replicas is not None:
+                self.replicas.check(conn.read_response())
         except BaseException as exc:
             # Replies may be left unread on it: this connection cannot be used again.
             conn.disconnect()
@@ -103,7 +112,11 @@ class BlobStore:
             pipe = self.client.pipeline(transaction=False)
             for key, part in items:
                 pipe.set(key, bytes(part), ex=self.ttl_s)
-            pipe.execute()
+            if self.replicas is not None:
+                cast(Any, pipe).execute_command(*self.replicas.command())
+            replies = pipe.execute()
+            if self.replicas is not None:
+                self.replicas.check(replies[-1])
         finally:
             pool.release(cast(Any, conn))
 

@@ -27,7 +27,7 @@ from ..keys import KeyRing
 from ..names import Names
 from ..protocol import open_envelope, seal
 from ..task import RESULT_FIELDS, STATUSES, TERMINAL, Status, TaskRecord
-from .connection import HeldScript, translate_errors
+from .connection import HeldScript, ReplicaWait, translate_errors
 
 PENDING, RUNNING, COMPLETED, FAILED, ABORTED = (
     Status.PENDING, Status.RUNNING, Status.COMPLETED, Status.FAILED, Status.ABORTED)
@@ -296,18 +296,21 @@ class Records:
     """Reads and writes task records of one cluster."""
 
     def __init__(self, redis_client: redis.Redis, names: Names, ring: KeyRing,
-                 redispatch_window_s: float = 6 * 3600.0) -> None:
+                 redispatch_window_s: float = 6 * 3600.0, replicas: ReplicaWait | None = None) -> None:
         self.redis = redis_client
         self.names = names
         self.ring = ring
         self.redispatch_window_s = redispatch_window_s
         self._renew = redis_client.register_script(_RENEW)
         self._watch = redis_client.register_script(_WATCH)
-        self._transition = HeldScript(redis_client, _TRANSITION)
-        self._create = HeldScript(redis_client, _CREATE)
-        self._requeue = redis_client.register_script(_REQUEUE)
-        self._assign = redis_client.register_script(_ASSIGN)
-        self._enqueue = redis_client.register_script(_ENQUEUE)
+        # Every state change is one of these scripts: with ``replicas``, each waits for them
+        # before it returns, so what a caller acks or confirms after it survives a failover.
+        self.replicated = replicas is not None and replicas.replicas > 0
+        self._transition = HeldScript(redis_client, _TRANSITION, replicas)
+        self._create = HeldScript(redis_client, _CREATE, replicas)
+        self._requeue = HeldScript(redis_client, _REQUEUE, replicas)
+        self._assign = HeldScript(redis_client, _ASSIGN, replicas)
+        self._enqueue = HeldScript(redis_client, _ENQUEUE, replicas)
         self._next_stamp = 0.0
 
     # --- sealed values --------------------------------------------------------------
@@ -368,7 +371,9 @@ class Records:
         ``wait=False`` sends them and returns at once; ``created`` takes the reply. A client
         uses it to publish while the records are being written: Redis has the write before
         the message leaves, so the record is there when an engine claims the task (and an
-        engine that is ever faster waits for it).
+        engine that is ever faster waits for it). When writes wait for replicas, the records
+        are confirmed before this returns either way: a message must never be out whose record
+        a failover could still lose (the scheduler would refuse it as a replay).
         """
         names = self.names
         # Distinct, increasing times keep submissions (and a batch sent in runs) in order in
@@ -402,7 +407,7 @@ class Records:
         self._next_stamp = now + (position + 1) * 1e-6
         with translate_errors():
             # The history key routes the call (to the shard of the cluster's keys); ARGV names it too.
-            if wait:
+            if wait or self.replicated:
                 self._create(keys=[names.history], args=args)
             else:
                 self._create.send(keys=[names.history], args=args)

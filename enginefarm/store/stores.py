@@ -10,7 +10,7 @@ from ..config import Settings
 from ..keys import KeyRing
 from ..names import Names
 from .blobs import BlobStore
-from .connection import connect
+from .connection import ReplicaWait, connect
 from .history import History
 from .output import LiveOutput
 from .records import Records
@@ -37,7 +37,8 @@ class Stores:
         ring = KeyRing.from_files(settings.resolved_key_file, settings.old_key_files)
         client = connect(settings.redis_url, settings.reconnect_window_s)
         names = Names(settings.cluster)
+        replicas = ReplicaWait(settings.min_replicas, settings.redis_replica_timeout_s)
         return cls(ring, client, Registry(client, names, settings.engine_timeout_s),
-                   Records(client, names, ring, settings.redispatch_window_s), History(client, names),
+                   Records(client, names, ring, settings.redispatch_window_s, replicas), History(client, names),
                    LiveOutput(client, names, settings.result_ttl_s),
-                   BlobStore(client, names, settings.blob_ttl_s, settings.max_value_bytes))
+                   BlobStore(client, names, settings.blob_ttl_s, settings.max_value_bytes, replicas))

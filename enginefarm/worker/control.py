@@ -136,9 +136,11 @@ class Control:
         """Move the signal's record to running; False (the delivery settled) when it may not
         run: finished or forgotten (a replay, refused) or aborted (acked unrun)."""
         task_id = header.task_id
-        deadline = time.monotonic() + RECORD_GRACE_S
+        deadline: float | None = None
         while True:
             claimed, previous, _ = self.retry_store(lambda: self.records.settle(self.engine_id, claims=[task_id]))[0]
+            # Counted from Redis's first answer, as the engine's (engine.py, _await_record).
+            deadline = time.monotonic() + RECORD_GRACE_S if deadline is None else deadline
             if claimed or previous != "" or delivery.redelivered or time.monotonic() > deadline:
                 break
             time.sleep(0.01)

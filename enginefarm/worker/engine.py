@@ -494,11 +494,14 @@ class Engine:
         """A fresh message whose record is missing. Clients write the record while they
         publish, so it can trail the message by a moment: wait for it a little before calling
         the message a replay of a forgotten task."""
-        deadline = time.monotonic() + RECORD_GRACE_S
+        deadline: float | None = None
         delay = 0.002
         while True:
             self._settle_owed()
             claim = self._retry_store(lambda: self.records.settle(self.engine_id, claims=[task_id]))[0]
+            # The grace counts from Redis's first answer: a client whose write met a failover
+            # makes it again once Redis is back, as we do.
+            deadline = time.monotonic() + RECORD_GRACE_S if deadline is None else deadline
             if claim[0] or claim[1] != "" or time.monotonic() > deadline:
                 return claim
             time.sleep(delay)
