@@ -94,3 +94,29 @@ def _ring(settings):
     from enginefarm.keys import KeyRing
 
     return KeyRing.from_files(settings.resolved_key_file)
+
+
+def test_array_parts_wait_for_replicas_and_a_short_wait_leaves_none(settings, sentinel):
+    import numpy as np
+
+    from enginefarm.store.blobs import BlobStore
+
+    client = connect(sentinel.url)
+    names = Names(settings.cluster)
+    data = memoryview(np.arange(3 * 2**20 // 8, dtype=np.float64)).cast("B")
+    try:
+        # Three replicas asked, two exist: refused, and the parts it wrote are removed
+        strict = BlobStore(client, names, 600, 1 << 30, ReplicaWait(3, 0.2))
+        with pytest.raises(ReplicationError):
+            strict.put([data])
+        assert not list(client.scan_iter(match=names.blob_part("*", "*")))
+        # Two asked: stored, and on both replicas before put returns
+        refs = BlobStore(client, names, 600, 1 << 30, ReplicaWait(2, 5.0)).put([data])
+        primary = sentinel.primary()
+        for replica in (SentinelRedis.ask(s) for s in sentinel.servers if s is not primary):
+            assert replica.exists(*(names.blob_part(refs[0].blob_id, p) for p in range(refs[0].parts))) == 3
+    finally:
+        keys = list(client.scan_iter(match=names.pattern, count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
