@@ -31,6 +31,11 @@ class StoreError(EnginefarmError):
     """Redis could not be reached or refused an operation."""
 
 
+class EngineDeclaredDead(StoreError):
+    """The cluster judged this engine dead (its heartbeat stopped) and settled its tasks: it
+    may claim nothing more and must stop."""
+
+
 class SerializationError(EnginefarmError):
     """An object could not be pickled or unpickled."""
 

@@ -134,7 +134,8 @@ class Control:
         task_id = header.task_id
         deadline = time.monotonic() + RECORD_GRACE_S
         while True:
-            claimed, previous, _ = self.retry_store(lambda: self.records.settle(self.engine_id, claims=[task_id]))[0]
+            claimed, previous, _ = self.retry_store(
+                lambda: self.records.settle(self.engine_id, claims=[task_id], only_if_live=True))[0]
             if claimed or previous != "" or delivery.redelivered or time.monotonic() > deadline:
                 break
             time.sleep(0.01)
