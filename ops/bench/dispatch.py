@@ -7,8 +7,10 @@ load-balanced task through it, none by the engines' shared queue) and N engine d
 until all N are live, warms up, then submits --tasks `add` tasks at once and waits for every
 result. Prints the scheduler process's CPU time per dispatched task (user + system, from
 /proc/<pid>/stat, before and after) and the dispatches per second, one line per N. Before the
-first N it prints the RSS of one idle engine (supervisor plus child) and `free -m`'s available
-memory, and skips an N whose engines would not fit in the memory available (it says so).
+first N it prints the RSS of one idle engine (supervisor plus child) and the memory available,
+and with each N the CPU its idle engines draw; it skips an N whose engines would not fit in the
+memory available, or whose idle engines alone would draw more than --max-idle-cores (it says so:
+a machine that the idle engines saturate measures its own starvation, not the scheduler).
 
 Everything runs against the shared RabbitMQ and Redis under a unique cluster name; the
 processes started are stopped by PID and the cluster's queues and keys removed, also on error.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -70,6 +73,19 @@ def idle_engine_kb(c: Client) -> tuple[int, int]:
     return rss_kb(supervisor), rss_kb(supervisor) + sum(rss_kb(p) for p in descendants(supervisor))
 
 
+def engine_pids(c: Client) -> list[int]:
+    supervisors = [int(info["pid"]) for info in c.registry.info().values()]
+    return [*supervisors, *(p for s in supervisors for p in descendants(s))]
+
+
+def idle_cores(c: Client, seconds: float = 5.0) -> float:
+    """CPU the idle engines draw, in cores (supervisors and children, over ``seconds``)."""
+    pids = engine_pids(c)
+    before = sum(cpu_seconds(p) for p in pids)
+    time.sleep(seconds)  # the quantity measured is a rate over this interval
+    return (sum(cpu_seconds(p) for p in pids) - before) / seconds
+
+
 def measure(c: Client, scheduler_pid: int, tasks: int, timeout_s: float) -> dict[str, float]:
     ef.farm(c, 500, timeout_s)  # warm-up: the scheduler's and engines' code paths and connections
     cpu0, t0 = cpu_seconds(scheduler_pid), time.perf_counter()
@@ -103,6 +119,8 @@ def main() -> None:
     p.add_argument("--tasks", type=int, default=3000, help="tasks per measurement, after a 500-task warm-up")
     p.add_argument("--scheme", default="lifo", help="a scheme that routes through the scheduler")
     p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--max-idle-cores", type=float, default=0.5,
+                   help="skip an N whose idle engines would draw more CPU than this (estimated)")
     args = p.parse_args()
     counts = sorted(int(n) for n in args.engines.split(","))
     exit_on_sigterm()
@@ -113,7 +131,7 @@ def main() -> None:
         scheduler = workers.start([exe(), "--log-level", "WARNING", "scheduler", "--scheme", args.scheme],
                                   env=daemon_env(name), stdout=subprocess.DEVNULL)
         c = Client(cluster=name)
-        running = 0
+        running, per_engine_cores = 0, 0.0
         for n in counts:
             if running == 0:
                 start_engines(workers, name, 1, c, args.timeout)
@@ -130,19 +148,28 @@ def main() -> None:
                 print(json.dumps({"engines": n, "skipped": f"{n - running} more engines need ~{need_mb:.0f} MB, "
                                   f"{available_mb()} MB available, {RESERVE_MB} MB kept free"}), flush=True)
                 continue
+            if running > 1 and n * per_engine_cores > args.max_idle_cores:
+                print(json.dumps({"engines": n, "skipped": f"{n} idle engines would draw ~{n * per_engine_cores:.2f} "
+                                  f"cores ({per_engine_cores * 100:.2f}% each, measured with {running}), "
+                                  f"over --max-idle-cores {args.max_idle_cores:g}"}), flush=True)
+                continue
             start_engines(workers, name, n - running, c, args.timeout)
             running = n
             time.sleep(2)  # let the engines' start-up CPU settle
-            row = {"engines": n, **measure(c, scheduler.pid, args.tasks, args.timeout)}
+            idle = idle_cores(c)
+            per_engine_cores = idle / n
+            row = {"engines": n, "idle_engines_cores": idle, **measure(c, scheduler.pid, args.tasks, args.timeout)}
             rows.append(row)
             print(json.dumps(row), flush=True)
         c.close()
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second request to stop must not skip the cleanup
         workers.stop()
         cleanup(name, max(counts))
-    print(f"{'engines':>8} {'scheduler CPU per dispatch':>28} {'dispatches/s':>13}")
+    print(f"{'engines':>8} {'scheduler CPU per dispatch':>28} {'dispatches/s':>13} {'idle engines, cores':>20}")
     for row in rows:
-        print(f"{row['engines']:>8} {row['cpu_us_per_dispatch']:>25.0f} µs {row['dispatches_per_s']:>13.0f}")
+        print(f"{row['engines']:>8} {row['cpu_us_per_dispatch']:>25.0f} µs {row['dispatches_per_s']:>13.0f}"
+              f" {row['idle_engines_cores']:>20.2f}")
 
 
 if __name__ == "__main__":
