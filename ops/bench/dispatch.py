@@ -119,7 +119,7 @@ def main() -> None:
     p.add_argument("--tasks", type=int, default=3000, help="tasks per measurement, after a 500-task warm-up")
     p.add_argument("--scheme", default="lifo", help="a scheme that routes through the scheduler")
     p.add_argument("--timeout", type=float, default=600.0)
-    p.add_argument("--max-idle-cores", type=float, default=0.5,
+    p.add_argument("--max-idle-cores", type=float, default=1.0,
                    help="skip an N whose idle engines would draw more CPU than this (estimated)")
     args = p.parse_args()
     counts = sorted(int(n) for n in args.engines.split(","))

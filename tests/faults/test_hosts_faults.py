@@ -53,7 +53,7 @@ def test_14_engine_host_cut_off_mid_task_under_load(net, cluster, client, settin
     try:
         held = client.registry.running(victim_id)  # what it had claimed (its last word to Redis)
         at_cut = completed(client, ids)
-        wait_for(lambda: completed(client, ids) >= at_cut + 50, 90, "work to go on on the other hosts")
+        wait_for(lambda: completed(client, ids) > at_cut, 90, "work to go on on the other hosts")
         resumed_s = time.monotonic() - cut_at
         wait_for(lambda: all(s == "completed" for s in client.records.statuses(held)), 90,
                  "the cut-off engine's tasks to finish elsewhere")
@@ -70,7 +70,8 @@ def test_14_engine_host_cut_off_mid_task_under_load(net, cluster, client, settin
     records = client.records.get_many(held)
     report("14 engine host cut off mid-task under load (3 engine hosts), then restored", t,
            time.monotonic() - started, len(held), recover_s,
-           notes=f"cut {cut_s:.1f} s; others went on in {resumed_s:.1f} s; restored engine exits 1 (declared dead)")
+           notes=f"cut {cut_s:.1f} s; recover = until its tasks ran elsewhere; the other hosts' next completion "
+                 f"{resumed_s:.1f} s after the cut; restored engine exits 1 (declared dead)")
     assert t.lost == [] and t.duplicate_records == []
     assert t.statuses["completed"] == 1500
     # Only what the cut-off engine held ran again, each at most once more; none of it is
@@ -109,7 +110,8 @@ def test_15_slow_lossy_links_to_every_engine_host_under_load(net, cluster, clien
     # Then every task completed exactly once, and no engine was judged dead for the slow link
     t = tally(client, clean_ids + ids, log, {**clean_keys, **keys})
     report("15 200 ms delay + 5% loss on every engine host's link", t, slow_s,
-           notes=f"{count / slow_s:.1f} tasks/s against {count / clean_s:.0f} over clean links")
+           notes=f"{count} tasks each way; {count / slow_s:.1f} tasks/s against {count / clean_s:.0f} over "
+                 "clean links; seconds = the slow run")
     assert t.lost == [] and t.duplicate_records == [] and t.reruns == 0, ran_again(log)
     assert t.statuses["completed"] == 2 * count and len(t.executions) == 2 * count
     assert all(d.proc.poll() is None for _, d in placed.values())
