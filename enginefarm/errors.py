@@ -36,6 +36,11 @@ class ReplicationError(StoreError):
     it may not survive a failover, so nothing that depends on it is confirmed."""
 
 
+class EngineDeclaredDead(StoreError):
+    """The cluster judged this engine dead (its heartbeat stopped) and settled its tasks: it
+    may claim nothing more and must stop."""
+
+
 class SerializationError(EnginefarmError):
     """An object could not be pickled or unpickled."""
 

@@ -56,6 +56,10 @@ class Scheduler:
         self.assigned: dict[int, set[str]] = {}
         self.engine_of: dict[str, int] = {}
         self.live: list[int] = []
+        # Per engine, how many of its claims this scheduler did not route (targeted calls,
+        # plain FIFO work from the shared queue): read from Redis at each housekeeping, not
+        # at each dispatch, so that routing a task costs the same however many engines run.
+        self.foreign: dict[int, int] = {}
         self.props_version = -1
         self.waiting_noted: set[str] = set()
         self.waiting = DependencyBook()
@@ -155,6 +159,7 @@ class Scheduler:
         log.info("scheduler restored %d waiting and %d routed tasks", len(self.pending), len(self.engine_of))
         # Every ticket it just accepted is fresh enough for a third of the window.
         self._next_renewal = time.monotonic() + self.settings.redispatch_window_s / 3
+        self._count_foreign()
         self._dispatch()
 
     def _track(self, task_id: str, engine_id: int) -> None:
@@ -278,13 +283,12 @@ class Scheduler:
     # --- routing -------------------------------------------------------------------
     def _loads(self) -> list[EngineLoad]:
         """What each engine holds: tasks we routed, plus what it claimed that we did not route
-        (targeted calls, or plain FIFO work taken from the shared queue)."""
+        (as of the last housekeeping)."""
+        return [EngineLoad(e, len(self.assigned.get(e, ())) + self.foreign.get(e, 0)) for e in self.live]
+
+    def _count_foreign(self) -> None:
         claimed = self.registry.running_many(self.live)
-        loads = []
-        for engine_id, held in zip(self.live, claimed):
-            ours = self.assigned.get(engine_id, set())
-            loads.append(EngineLoad(engine_id, len(ours) + len(held - ours)))
-        return loads
+        self.foreign = {e: len(held - self.assigned.get(e, set())) for e, held in zip(self.live, claimed)}
 
     def _dispatch(self) -> None:
         """Route what can be routed now. Never raises: it runs inside broker callbacks, and
@@ -438,6 +442,7 @@ class Scheduler:
             self.metrics.engine_deaths.inc(len(self.reaper.reap_stale()))
             self.history.cull(self.settings.result_ttl_s, self.settings.max_records)
             self._refresh_engines()
+            self._count_foreign()
             self._reconcile(now)
             self._renew_tickets(now)
             self._census(now)

@@ -106,12 +106,13 @@ def plan(
     ``failure_penalty_s`` seconds, as long as another live engine could take it.
     """
     result = Plan()
-    load = {e.engine_id: EngineLoad(e.engine_id, e.outstanding) for e in engines}
-    live = set(load)
+    live = {e.engine_id for e in engines}
+    # Only engines with a slot left are looked at, and one leaves as it fills: a plan costs
+    # what it assigns, not the number of engines times the tasks it looks at.
+    free = {e.engine_id: EngineLoad(e.engine_id, e.outstanding) for e in engines if e.outstanding < slots}
     for task in scheme.order(pending):
         if task.blocked:
             continue
-        free = [e for e in load.values() if e.outstanding < slots]
         if not free:
             break
         allowed = live - task.unmet
@@ -123,10 +124,12 @@ def plan(
         penalized = task.failed_on if task.failed_at is not None and now - task.failed_at < failure_penalty_s else frozenset()
         if allowed - penalized:
             allowed -= penalized
-        candidates = [e for e in free if e.engine_id in allowed]
+        candidates = [e for e in free.values() if e.engine_id in allowed]
         if not candidates:
             continue
         engine = scheme.choose(task, candidates)
         engine.outstanding += 1
+        if engine.outstanding >= slots:
+            del free[engine.engine_id]
         result.assignments.append((task.task_id, engine.engine_id))
     return result

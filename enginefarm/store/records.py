@@ -22,7 +22,7 @@ from typing import Any, cast
 import redis
 from redis.typing import EncodableT, FieldT
 
-from ..errors import DecodeError, SignatureError, StoreError
+from ..errors import DecodeError, EngineDeclaredDead, SignatureError, StoreError
 from ..keys import KeyRing
 from ..names import Names
 from ..protocol import open_envelope, seal
@@ -41,11 +41,19 @@ _BOOKKEEPING = ("_claimed_key", "_pending_key", "_inbox", "_notify", "_seq", "_t
 # (comma list), new state, the claimed-set key of the engine that claims (or must hold the claim
 # to finish or release), the engine's index key
 # ('' for none; a release removes the task from it), the number of field/value pairs, the pairs.
-# Returns, per change, {'ok'|'refused'|'missing', previous state, attempts}.
+# With KEYS[2] (the heartbeat set), ARGV[2] is the engine that claims and the changes start at
+# ARGV[3]: an engine that is not in the set was declared dead, and its claims are refused
+# ('dead'), since a reaper may already have handed its work to others.
+# Returns, per change, {'ok'|'refused'|'missing'|'dead', previous state, attempts}.
 _TRANSITION = """
 local prefix = ARGV[1]
 local out = {}
 local i = 2
+local claimant_dead = false
+if KEYS[2] then
+  claimant_dead = redis.call('ZSCORE', KEYS[2], ARGV[2]) == false
+  i = 3
+end
 -- The record's bookkeeping fields, then its result fields (positions in R, from 7 on).
 local R = {RESULT_POSITIONS}
 while i <= #ARGV do
@@ -58,6 +66,8 @@ while i <= #ARGV do
   local ours = ck ~= '' and m[1] == ck
   if not st then
     out[#out + 1] = {'missing', ''}
+  elseif new == 'running' and claimant_dead then
+    out[#out + 1] = {'dead', st}
   elseif new == 'running' and st == 'running' and ours then
     -- Our own claim, repeated after a lost reply: still ours.
     out[#out + 1] = {'ok', st, attempts}
@@ -436,12 +446,24 @@ class Records:
             len(pairs) // 2, *pairs,
         ]
 
-    def _apply(self, changes: list[list[Any]]) -> list[tuple[bool, str, int]]:
-        """Apply changes in order, atomically, in one round trip."""
+    def _apply(self, changes: list[list[Any]], live_claimant: int | None = None) -> list[tuple[bool, str, int]]:
+        """Apply changes in order, atomically, in one round trip; with ``live_claimant``, its
+        claims only while it is in the heartbeat set.
+
+        Raises:
+            EngineDeclaredDead: ``live_claimant`` was declared dead (its claims were refused;
+                the other changes were applied).
+        """
         if not changes:
             return []
+        keys, args = [self.names.scheduler_pending], self._args(changes)
+        if live_claimant is not None:
+            keys.append(self.names.heartbeats)
+            args.insert(1, live_claimant)
         with translate_errors():
-            replies = self._transition(keys=[self.names.scheduler_pending], args=self._args(changes))
+            replies = self._transition(keys=keys, args=args)
+        if any(r[0] == b"dead" for r in replies):
+            raise EngineDeclaredDead(f"engine {live_claimant} was declared dead: its claims are refused")
         return [self._reply(r) for r in replies]
 
     def _args(self, changes: list[list[Any]]) -> list[Any]:
@@ -502,6 +524,7 @@ class Records:
         released: Iterable[tuple[str, int, bool]] = (),
         claims: Iterable[str] = (),
         start: str | None = None,
+        only_if_live: bool = False,
     ) -> list[tuple[bool, str, int]]:
         """An engine's round trip: record outcomes, release claims, then claim more.
 
@@ -511,7 +534,11 @@ class Records:
         claimed but never started, running -> pending. ``claims``: task ids, pending ->
         running on ``engine_id``; the first of them starts now, unless ``start`` names a
         claimed task that starts now instead. Returns the claims' replies: (claimed, previous
-        state, attempts).
+        state, attempts). ``only_if_live``: claim only while ``engine_id`` is in the heartbeat
+        set (an engine daemon's own round trips: once declared dead, it takes nothing more).
+
+        Raises:
+            EngineDeclaredDead: with ``only_if_live``, the engine was declared dead.
         """
         now = repr(time.time())
         changes = [self._change(t, [RUNNING], status, {"completed": now, **fields}, engine_id)
@@ -525,7 +552,7 @@ class Records:
                                  {"engine_id": engine_id, "started": now if n == 0 and start is None else ""},
                                  engine_id, engine_id)
                     for n, t in enumerate(claim_ids)]
-        replies = self._apply(changes)
+        replies = self._apply(changes, engine_id if only_if_live and claim_ids else None)
         return replies[len(replies) - len(claim_ids):] if claim_ids else []
 
     def _start_change(self, task_id: str, engine_id: int, now: str) -> list[Any]:

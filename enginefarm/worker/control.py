@@ -138,7 +138,8 @@ class Control:
         task_id = header.task_id
         deadline: float | None = None
         while True:
-            claimed, previous, _ = self.retry_store(lambda: self.records.settle(self.engine_id, claims=[task_id]))[0]
+            claimed, previous, _ = self.retry_store(
+                lambda: self.records.settle(self.engine_id, claims=[task_id], only_if_live=True))[0]
             # Counted from Redis's first answer, as the engine's (engine.py, _await_record).
             deadline = time.monotonic() + RECORD_GRACE_S if deadline is None else deadline
             if claimed or previous != "" or delivery.redelivered or time.monotonic() > deadline:

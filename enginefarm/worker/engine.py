@@ -28,7 +28,7 @@ from ..broker.topology import declare_cluster, declare_control_queue, declare_en
 from ..config import Settings
 from ..deadletter import dead_letter
 from ..buffers import is_packed, pack, unpack
-from ..errors import DataExpired, DecodeError, DeliveryLimitError, EnginefarmError, SignatureError, StoreError
+from ..errors import DataExpired, DecodeError, DeliveryLimitError, EngineDeclaredDead, EnginefarmError, SignatureError, StoreError
 from ..incidents import Incidents
 from ..metrics import Metrics
 from ..systemd import notify, watchdog_interval_s
@@ -268,9 +268,11 @@ class Engine:
                     continue
                 jobs = self._take([job])
                 ids = [j.task_id for j in jobs]
-                carried = (jobs, self._retry_store(lambda: self.records.settle(self.engine_id, claims=ids)))
+                carried = (jobs, self._retry_store(lambda: self.records.settle(self.engine_id, claims=ids, only_if_live=True)))
             if not self._dead.is_set():
                 self._leave()
+        except EngineDeclaredDead:
+            pass  # said by _declared_dead; what we hold unacked goes back to its queues
         except Exception:
             log.exception("engine %d worker failed", self.engine_id)
             self.exit_code = 1
@@ -363,7 +365,7 @@ class Engine:
         ids = [j.task_id for j in following]
         released = [(j.task_id, c[2] - 1, j.header.lb) for j, c in unstarted]
         next_claims = self._retry_store(lambda: self.records.settle(
-            self.engine_id, finished=batch.finished, released=released, claims=ids))
+            self.engine_id, finished=batch.finished, released=released, claims=ids, only_if_live=True))
         self.live.clear_finished()  # every outcome of the batch is recorded now
         self.consumer.settle([j.delivery for j in batch.acks if j.ack.take()],
                              [j.delivery for j, _ in unstarted if j.ack.take()], requeue=True)
@@ -498,7 +500,7 @@ class Engine:
         delay = 0.002
         while True:
             self._settle_owed()
-            claim = self._retry_store(lambda: self.records.settle(self.engine_id, claims=[task_id]))[0]
+            claim = self._retry_store(lambda: self.records.settle(self.engine_id, claims=[task_id], only_if_live=True))[0]
             # The grace counts from Redis's first answer: a client whose write met a failover
             # makes it again once Redis is back, as we do.
             deadline = time.monotonic() + RECORD_GRACE_S if deadline is None else deadline
@@ -603,6 +605,13 @@ class Engine:
         while True:
             try:
                 return action()
+            except EngineDeclaredDead:
+                # A claim found us out of the live set before the heartbeat thread did: the
+                # reaper may have handed our work to others, so take nothing more, and stop.
+                if not self._dead.is_set() and not self._draining.is_set():
+                    self._declared_dead()
+                self._dead.set()
+                raise
             except StoreError as exc:
                 if self._dead.is_set():
                     raise

@@ -247,6 +247,29 @@ def test_transitions_of_unknown_tasks_create_nothing(client, store):
     assert client.hub_history() == []
 
 
+def test_an_engine_declared_dead_claims_nothing(client, settings, store):
+    from enginefarm.errors import EngineDeclaredDead
+    from enginefarm.store import Registry
+
+    registry = Registry(store.redis, store.names, settings.engine_timeout_s)
+    engine_id = registry.register({"pid": 1}, 8)
+    assert registry.activate(engine_id)
+    first, second = client.submit(MapTask(chatty, (1,))), client.submit(MapTask(chatty, (2,)))
+    # A live engine claims
+    assert store.records.settle(engine_id, claims=[first], only_if_live=True) == [(True, PENDING, 1)]
+    # When it is declared dead (a reaper took it out of the live set), its next round trip
+    # still records what it finished, but claims nothing more
+    assert registry.mark_dead(engine_id)
+    with pytest.raises(EngineDeclaredDead):
+        store.records.settle(engine_id, finished=[(first, COMPLETED, {"summary": "1"})], claims=[second],
+                             only_if_live=True)
+    assert in_status_sets(store, first) == [COMPLETED]
+    assert in_status_sets(store, second) == [PENDING] and b"_claimed_key" not in raw(store, second)
+    assert not store.redis.sismember(store.names.engine_claimed(engine_id), second)
+    # (without only_if_live, as before, a claim does not look at the live set)
+    assert store.records.claim(second, engine_id)[0]
+
+
 def test_an_aborted_task_cannot_be_claimed(client, store):
     task_id = client.submit(MapTask(chatty, (1,)))  # no scheduler: it stays pending
     assert client.abort(task_id) is True

@@ -8,9 +8,12 @@ which is FIFO too.
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 
 import pytest
+import redis
 
 from enginefarm import MapTask
 from enginefarm.config import Settings
@@ -213,3 +216,48 @@ def test_depend_that_raises_fails_the_task(cluster, client):
     assert r.failure.evalue == "depend raised KeyError: 'rack'"
     assert r.engineid == engine.engine_id
     assert r.result is None
+
+
+class ClaimReads:
+    """The SMEMBERS calls Redis gets on the given keys (Redis's MONITOR, on a thread)."""
+
+    def __init__(self, redis_url: str, keys: set[str]) -> None:
+        self.keys, self.count = keys, 0
+        self.monitor = redis.Redis.from_url(redis_url).monitor()
+        self.monitor.__enter__()  # on before the first command can be missed
+        self.thread = threading.Thread(target=self._listen, daemon=True)
+        self.thread.start()
+
+    def _listen(self) -> None:
+        try:
+            for command in self.monitor.listen():
+                words = str(command.get("command", "")).split()
+                if len(words) == 2 and words[0].upper() == "SMEMBERS" and words[1] in self.keys:
+                    self.count += 1
+        except (redis.RedisError, OSError, ValueError):
+            pass  # closed
+
+    def close(self) -> None:
+        self.monitor.__exit__(None, None, None)
+        self.thread.join(10)
+
+
+def test_a_burst_of_tasks_reads_the_engines_claims_per_housekeeping_not_per_task(cluster, client, settings):
+    engines = cluster.start_engines(2)
+    cluster.start_scheduler(scheme="lifo")
+    keys = {cluster.names.engine_claimed(d.engine_id) for d in engines}
+    # When 300 tasks go through the scheduler at once
+    reads = ClaimReads(settings.redis_url, keys)
+    try:
+        started = time.monotonic()
+        ids = client.submit_many([MapTask(abs, (-i,)) for i in range(300)])
+        client.barrier(ids, timeout=TIMEOUT_S)
+        elapsed = time.monotonic() - started
+    finally:
+        reads.close()
+    assert [client.results[t] for t in ids] == list(range(300))
+    # Then what the engines claimed was read about once per housekeeping (at most every
+    # heartbeat interval), not once per task: the cost of a dispatch does not grow with the
+    # number of engines
+    housekeepings = elapsed / min(0.5, settings.heartbeat_interval_s) + 3
+    assert 0 < reads.count <= len(engines) * housekeepings, (reads.count, elapsed)

@@ -194,3 +194,14 @@ def test_penalty_and_unmet_combine():
     # Depend failed on 1, engine 0 failed the task: only engine 2 is both allowed and unpenalized
     task = PendingTask("t1", 1, unmet=frozenset({1}), failed_on=frozenset({0}), failed_at=NOW)
     assert run(FIFO(), [task], engines(0, 0, 3), slots=4).assignments == [("t1", 2)]
+
+
+def test_many_full_engines_leave_the_plan_to_the_free_ones():
+    # 1,000 engines, every one full but engines 7 and 500, which have a slot each
+    loads = [EngineLoad(i, 1 if i in (7, 500) else 2) for i in range(1000)]
+    out = run(LIFO(), tasks(1, 2, 3, 4), loads, slots=2)
+    # The two newest tasks take the two slots (least loaded, lowest id first); the rest wait
+    assert out.assignments == [("t4", 7), ("t3", 500)] and out.unsatisfiable == []
+    # A task restricted to full engines waits even while others are free
+    held = PendingTask("t9", 9, only_on=frozenset({1, 2}))
+    assert run(FIFO(), [held, *tasks(5)], loads, slots=2).assignments == [("t5", 7)]
