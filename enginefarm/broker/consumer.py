@@ -63,6 +63,7 @@ class Consumer:
         # Delivery tags of this connection not acked or rejected yet (touched on the I/O thread only).
         self._unsettled: set[int] = set()
         self._paused = threading.Event()
+        self._cancelled_by_broker = False
         self.ready = threading.Event()
 
     def _start(self) -> None:
@@ -76,6 +77,8 @@ class Consumer:
             if self.on_reconnect is not None:
                 self.on_reconnect()
         self._unsettled = set()
+        self._cancelled_by_broker = False
+        channel.add_on_cancel_callback(self._on_cancelled)
         channel.basic_qos(prefetch_count=self.prefetch)
         self._tags, self._queue_of = {}, {}
         for queue in self.setup(channel):
@@ -83,6 +86,16 @@ class Consumer:
                 self._consume(channel, queue)
         self._generation = self.link.generation
         self.ready.set()
+
+    def _on_cancelled(self, frame: Any) -> None:
+        """The broker stopped a consumer of ours: its queue was deleted (by a reaper that
+        judged this process dead while Redis failed over, an operator, a node that lost it).
+        Start again on a fresh connection, so that setup declares the queues once more; a
+        process that really is dead learns it from Redis and stops."""
+        tag = getattr(getattr(frame, "method", None), "consumer_tag", "")
+        log.warning("the broker cancelled consuming from %s; declaring and consuming again",
+                    self._queue_of.get(tag, "a queue"))
+        self._cancelled_by_broker = True
 
     def _consume(self, channel: BlockingChannel, queue: str) -> None:
         tag = channel.basic_consume(queue, self._on_delivery, auto_ack=False)
@@ -119,6 +132,9 @@ class Consumer:
                     self.link.open()
                     continue
                 conn.process_data_events(time_limit=poll_s)
+                if self._cancelled_by_broker:
+                    self.ready.clear()
+                    self.link.close()
             except BrokerError as exc:
                 self.ready.clear()
                 log.error("%s; still trying", exc)
