@@ -27,13 +27,12 @@ import sys
 import time
 
 from common import (AMQP_URL, REDIS_URL, Workers, bench_env, cpu_seconds, descendants, exit_on_sigterm, log,
-                    rabbit_delete, redis_delete, rss_kb)
+                    rss_kb)
 
 import sys_enginefarm as ef
 
 from benchtasks import add
 from enginefarm import Client, MapTask
-from enginefarm.names import Names
 
 # What else must fit beside the engines (RabbitMQ, Redis, other people's work): kept free.
 RESERVE_MB = 4096
@@ -99,20 +98,6 @@ def measure(c: Client, scheduler_pid: int, tasks: int, timeout_s: float) -> dict
             "scheduler_cpu_s": cpu}
 
 
-def cleanup(name: str, engines: int) -> None:
-    names = Names(name)
-    queues = [*names.fixed_queues(), *(q for i in range(engines + 8) for q in (names.engine_queue(i),
-                                                                               names.control_queue(i)))]
-    try:
-        rabbit_delete(queues, list(names.exchanges()))
-    except Exception as exc:
-        log("rabbit cleanup failed:", exc)
-    try:
-        log(f"removed {redis_delete(names.pattern)} Redis keys")
-    except Exception as exc:
-        log("redis cleanup failed:", exc)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--engines", default="10,50,200", help="engine counts, comma-separated, ascending")
@@ -165,7 +150,7 @@ def main() -> None:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second request to stop must not skip the cleanup
         workers.stop()
-        cleanup(name, max(counts))
+        ef.cleanup(name, max(counts))
     print(f"{'engines':>8} {'scheduler CPU per dispatch':>28} {'dispatches/s':>13} {'idle engines, cores':>20}")
     for row in rows:
         print(f"{row['engines']:>8} {row['cpu_us_per_dispatch']:>25.0f} µs {row['dispatches_per_s']:>13.0f}"

@@ -45,10 +45,14 @@ def start_cluster(workers: Workers, name: str, engines: int) -> None:
                   stdout=subprocess.DEVNULL)
 
 
-def cleanup(name: str) -> None:
-    queues = [f"{name}.tasks", f"{name}.work", f"{name}.dead"] + [f"{name}.engine.{i}" for i in range(16)]
+def cleanup(name: str, engines: int = 8) -> None:
+    """Remove every queue, exchange and Redis key of cluster ``name`` (engine ids up to
+    ``engines`` + 8)."""
+    names = Names(name)
+    queues = [*names.fixed_queues(), *(q for i in range(engines + 8) for q in (names.engine_queue(i),
+                                                                               names.control_queue(i)))]
     try:
-        rabbit_delete(queues, [f"{name}.direct", f"{name}.dlx"])
+        rabbit_delete(queues, list(names.exchanges()))
     except Exception as exc:
         log("rabbit cleanup failed:", exc)
     try:
