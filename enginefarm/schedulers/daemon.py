@@ -211,7 +211,10 @@ class Scheduler:
         fail a task whose dependencies can never be met."""
         names = self.waiting.named_by(task_ids)
         states = {t: DepState(status, engine) for t, (status, engine) in self.records.watch(names).items()}
-        for task_id, outcome in self.waiting.decide(task_ids, states, self.live):
+        # A fresh read beside our view: the followed task may have run, as plain FIFO work, on
+        # an engine that started after our last look at the live engines.
+        live = {*self.live, *self.registry.live_ids()}
+        for task_id, outcome in self.waiting.decide(task_ids, states, live):
             task = self.pending.get(task_id)
             if task is None:
                 continue
