@@ -503,13 +503,9 @@ class Scheduler:
             self._fail_stranded_followers()
 
     def _fail_stranded_followers(self) -> None:
-        """A task that must run where the tasks it follows ran cannot once those engines are gone.
-
-        Gone means missing from a fresh read too: an engine can run plain FIFO work, and so be
-        followed, before this scheduler's own view of the live engines has caught up with it."""
-        if not self.waiting.stranded_any(self.live):
-            return
-        for task_id, engines in self.waiting.stranded({*self.live, *self.registry.live_ids()}):
+        """A task that must run where the tasks it follows ran cannot once those engines are gone
+        (called right after ``self.live`` was read afresh)."""
+        for task_id, engines in self.waiting.stranded(self.live):
             if task_id in self.pending:
                 self._fail_held(task_id, "ImpossibleDependency",
                                 f"the engines {sorted(engines)} its follow dependency ran on are gone")

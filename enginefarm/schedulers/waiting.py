@@ -49,11 +49,6 @@ class DependencyBook:
             decided.append((task_id, outcome))
         return decided
 
-    def stranded_any(self, live: Iterable[int]) -> bool:
-        """Whether some task follows only engines outside ``live`` (nothing is forgotten)."""
-        alive = set(live)
-        return any(not engines & alive for engines in self._followed.values())
-
     def stranded(self, live: Iterable[int]) -> list[tuple[str, frozenset[int]]]:
         """Tasks that must run where the tasks they follow ran, once those engines are all gone
         (no longer tracked from now on)."""
