@@ -200,6 +200,18 @@ def queue_exists(settings: Settings, queue: str) -> bool:
             conn.close()
 
 
+def queue_consumers(settings: Settings, queue: str) -> int | None:
+    """How many consumers ``queue`` has, or None if it does not exist."""
+    conn = amqp_connection(settings)
+    try:
+        return int(conn.channel().queue_declare(queue, passive=True).method.consumer_count)
+    except pika.exceptions.ChannelClosedByBroker:
+        return None
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
 class Amqp:
     """A plain pika connection, as an attacker with broker access would have."""
 

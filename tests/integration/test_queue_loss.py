@@ -3,7 +3,7 @@ failover, an operator) declares it again and goes on, instead of idling beside a
 
 from __future__ import annotations
 
-from ..harness import amqp_connection, queue_exists, wait_for
+from ..harness import amqp_connection, queue_consumers, wait_for
 
 TIMEOUT_S = 60.0
 
@@ -22,7 +22,10 @@ def test_an_engine_whose_queue_was_deleted_declares_it_again_and_serves(cluster,
     assert dv.apply_sync(lambda: 1) == 1
     queue = cluster.names.engine_queue(engine.engine_id)
     _delete(settings, queue)
-    wait_for(lambda: queue_exists(settings, queue), TIMEOUT_S, "the engine to declare its queue again")
+    # The queue exists before it is bound; a task sent in between is returned to the client
+    # and fails EngineLost, rightly. Consuming starts after the bind.
+    wait_for(lambda: (queue_consumers(settings, queue) or 0) > 0, TIMEOUT_S,
+             "the engine to declare its queue again and consume from it")
     assert dv.apply_sync(lambda: 2) == 2
     assert "declaring and consuming again" in engine.log()
 
@@ -33,7 +36,7 @@ def test_a_scheduler_whose_queue_was_deleted_declares_it_again(cluster, client, 
     view = client.load_balanced_view()
     assert view.apply_sync(abs, -1) == 1
     _delete(settings, cluster.names.tasks_queue)
-    wait_for(lambda: queue_exists(settings, cluster.names.tasks_queue), TIMEOUT_S,
-             "the scheduler to declare its queue again")
+    wait_for(lambda: (queue_consumers(settings, cluster.names.tasks_queue) or 0) > 0, TIMEOUT_S,
+             "the scheduler to declare its queue again and consume from it")
     assert view.map_sync(abs, [-2, -3]) == [2, 3]
     assert "declaring and consuming again" in scheduler.log()
