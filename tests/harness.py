@@ -189,15 +189,7 @@ def remove_cluster(settings: Settings, max_engine_id: int = 64) -> None:
 
 
 def queue_exists(settings: Settings, queue: str) -> bool:
-    conn = amqp_connection(settings)
-    try:
-        conn.channel().queue_declare(queue, passive=True)
-        return True
-    except pika.exceptions.ChannelClosedByBroker:
-        return False
-    finally:
-        if conn.is_open:
-            conn.close()
+    return queue_consumers(settings, queue) is not None
 
 
 def queue_consumers(settings: Settings, queue: str) -> int | None:
