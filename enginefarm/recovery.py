@@ -16,6 +16,7 @@ from .errors import BrokerError
 from .names import Names
 from .schedulers import retry
 from .store import LiveOutput, Records, Registry, TaskRecord
+from .store.outages import last_broken
 from .store.records import PENDING, RUNNING, error_fields
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,14 @@ class Reaper:
         self.max_engine_losses = max_engine_losses
         self._healthy_since: float | None = None
         self._last_ok = 0.0
+        self._failed = False  # a call failed since the last healthy one
+        self._judge_after_s = engine_timeout_s
         # A call that blocked longer than this (a paused Redis) breaks continuity too.
         self.max_gap_s = max(engine_timeout_s / 3, 1.5)
+        # How much later than this process a live peer may reach Redis after an outage: its
+        # retries back off up to 1 s, a connection attempt may wait 5 s, sentinels answer in
+        # turn. One more engine timeout covers that spread with room to spare.
+        self.reconnect_window_s = max(engine_timeout_s, 6.0)
 
     def observe(self, store_ok: bool) -> None:
         """Track whether this process has seen Redis continuously.
@@ -54,9 +61,17 @@ class Reaper:
         now = time.monotonic()
         if not store_ok:
             self._healthy_since = None
+            self._failed = True
             return
         if self._healthy_since is None or now - self._last_ok > self.max_gap_s:
             self._healthy_since = now
+            # At start, or after a pause that held every process alike, a full timeout of
+            # healthy Redis shows which peers beat. After failed calls (a failover, a restart)
+            # live peers reconnect at different times: one still backing off, or asking its
+            # sentinels, is silent through no fault of its own, so its silence is counted only
+            # after a further reconnect window.
+            self._judge_after_s = self.engine_timeout_s + (self.reconnect_window_s if self._failed else 0.0)
+        self._failed = False
         self._last_ok = now
 
     @property
@@ -65,10 +80,13 @@ class Reaper:
         # observes is still blocked in an outage (an engine's upkeep beside its heartbeat, right
         # after a Redis failover) has not seen Redis continuously.
         now = time.monotonic()
+        broken = last_broken()
         return (
             self._healthy_since is not None
             and now - self._last_ok <= self.max_gap_s
-            and now - self._healthy_since >= self.engine_timeout_s
+            and now - self._healthy_since >= self._judge_after_s
+            # A failover its retries hid (no call failed) still had peers reconnect late.
+            and (broken is None or now - broken >= self.engine_timeout_s + self.reconnect_window_s)
         )
 
     def reap_stale(self) -> list[int]:

@@ -13,11 +13,12 @@ from typing import Any, Protocol, cast
 import redis
 import redis.exceptions
 import redis.sentinel
-from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..config import REDIS_CLUSTER_SCHEMES, SENTINEL_SCHEME, parse_sentinel_url, url_scheme
 from ..errors import ReplicationError, StoreError
+from .outages import retry_for
 from .sharded import REDIRECTED, connect_sharded, pool_for
 
 UNAVAILABLE = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError)
@@ -42,12 +43,11 @@ def connect(url: str, retry_window_s: float = 30.0) -> redis.Redis:
     """
     if url_scheme(url) in REDIS_CLUSTER_SCHEMES:
         return connect_sharded(url, retry_window_s)
-    retries = max(0, int(retry_window_s))
     options: dict[str, Any] = dict(
         socket_connect_timeout=5,
         socket_keepalive=True,
         health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries),
+        retry=retry_for(retry_window_s),
         retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
     )
     return _OPENERS.get(url_scheme(url), _open_server)(url, options)

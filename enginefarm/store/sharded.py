@@ -16,12 +16,11 @@ from typing import Any, cast
 import redis
 import redis.cluster
 import redis.exceptions
-from redis.backoff import ExponentialBackoff
 from redis.connection import ConnectionPool
-from redis.retry import Retry
 
 from ..config import parse_redis_cluster_url
 from ..errors import StoreError
+from .outages import retry_for
 
 # Replies of a node that no longer (or not yet) serves a slot, or of a cluster that is
 # reconfiguring: a call that meets one is made again through RedisCluster, which follows it.
@@ -51,7 +50,7 @@ def connect_sharded(url: str, retry_window_s: float) -> redis.Redis:
             socket_connect_timeout=5,
             socket_keepalive=True,
             # Covers the loss of a node: the client asks the others for the new layout.
-            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), max(0, int(retry_window_s))),
+            retry=retry_for(retry_window_s),
             require_full_coverage=True,
         )
     except (redis.exceptions.RedisError, redis.exceptions.RedisClusterException) as exc:

@@ -1,4 +1,4 @@
-"""Scenarios 14 and 15: the fault suite across test hosts. One engine on each of hosts 1-3, the
+"""Scenarios 17 and 18: the fault suite across test hosts. One engine on each of hosts 1-3, the
 scheduler on host 4, the client and the private RabbitMQ and Redis in the root namespace (on the
 bridge's address); the hosts and servers are those of tests/integration/test_hosts.py.
 
