@@ -146,6 +146,10 @@ class Consumer:
                 log.warning("broker connection lost (%s: %s); reconnecting", type(exc).__name__, exc)
                 self.link.close()
 
+    def wake(self) -> None:
+        """Make ``run`` look at its stop flag now rather than at the end of its poll."""
+        self.link.call_threadsafe(lambda: None)
+
     def _call(self, fn: Callable[[], None]) -> None:
         if not self.link.call_threadsafe(fn):
             log.debug("connection gone; action dropped (the broker requeues unacked messages)")
@@ -194,10 +198,11 @@ class Consumer:
 
         self._call(do)
 
-    def shed(self, queue: str, buffer: queue_module.Queue[Delivery]) -> None:
+    def shed(self, queue: str, buffer: queue_module.Queue[Delivery | None]) -> None:
         """Stop consuming ``queue`` for now and give back what it delivered that still waits
-        in ``buffer`` (the queue.Queue ``on_message`` feeds; other deliveries keep their
-        order), so that other consumers take it: for a worker busy with a long task."""
+        in ``buffer`` (the queue.Queue ``on_message`` feeds; other deliveries, and the None
+        its reader takes as a wakeup, keep their order), so that other consumers take it:
+        for a worker busy with a long task."""
 
         def do() -> None:
             self._shed.add(queue)
@@ -208,13 +213,13 @@ class Consumer:
             if tag is not None:
                 # pika gives back, one by one, what arrives for the tag until the cancel is done.
                 channel.basic_cancel(tag)
-            kept: list[Delivery] = []
+            kept: list[Delivery | None] = []
             while True:
                 try:
                     delivery = buffer.get_nowait()
                 except Empty:
                     break
-                if delivery.queue != queue:
+                if delivery is None or delivery.queue != queue:
                     kept.append(delivery)
                 elif delivery.generation == self.link.generation and delivery.tag in self._unsettled:
                     self._unsettled.discard(delivery.tag)

@@ -123,7 +123,11 @@ class Client(TaskFarming, HubMethods):
     def ids(self) -> list[int]:
         """Ids of the engines alive now (heartbeat fresher than the engine timeout)."""
         self._connect()
-        return self.registry.live_ids()
+        live = self.registry.live_ids()
+        # What the caller just saw is what targets resolve to next: an engine seen gone is
+        # never targeted from an older look-up.
+        self._ids_cache = (time.monotonic(), live)
+        return live
 
     def __len__(self) -> int:
         """How many engines are alive now."""
@@ -175,8 +179,7 @@ class Client(TaskFarming, HubMethods):
         """
         def alive() -> int:
             # What it saw is what the next ``client[-1]`` resolves against.
-            self._ids_cache = (time.monotonic(), self.ids)
-            return len(self._ids_cache[1])
+            return len(self.ids)
 
         wait_for_count(alive, n, timeout, self.settings.cluster)
 
@@ -184,7 +187,7 @@ class Client(TaskFarming, HubMethods):
         """Live ids, read at most every ``max_age_s``: back-to-back calls share one look-up."""
         now = time.monotonic()
         if self._ids_cache is None or now - self._ids_cache[0] > max_age_s:
-            self._ids_cache = (now, self.ids)
+            return self.ids
         return self._ids_cache[1]
 
     def resolve_targets(self, targets: Targets) -> list[int]:

@@ -36,6 +36,10 @@ from ..task import Kind, TaskHeader, open_task
 from .executor import Executor
 
 log = logging.getLogger(__name__)
+
+# How long an idle engine thread blocks before it looks at its flags again; a stop wakes it
+# at once (a None in its queue, a callback in the I/O loop), so this only bounds idle wakeups.
+IDLE_WAIT_S = 1.0
 T = TypeVar("T")
 
 # How long a fresh message may wait for its record before it counts as a replay (the client
@@ -76,19 +80,25 @@ class Control:
         self.retry_store = retry_store
         self.incidents = incidents
         self.max_age_s = max_age_s
-        self.inbox: queue.Queue[Delivery] = queue.Queue()
+        self.inbox: queue.Queue[Delivery | None] = queue.Queue()  # None: look at the stop flag
 
     def put(self, delivery: Delivery) -> None:
         """Called on the broker I/O thread: never blocks."""
         self.inbox.put(delivery)
+
+    def wake(self) -> None:
+        """Make ``serve`` look at its stop flag now."""
+        self.inbox.put(None)
 
     def serve(self, stop: threading.Event) -> None:
         """Handle control deliveries until ``stop`` is set; an unexpected failure is noted
         (with its traceback, counted) and the next delivery handled."""
         while not stop.is_set():
             try:
-                delivery = self.inbox.get(timeout=0.1)
+                delivery = self.inbox.get(timeout=IDLE_WAIT_S)
             except queue.Empty:
+                continue
+            if delivery is None:
                 continue
             try:
                 self.handle(delivery)

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import queue
+import random
 import signal
 import socket
 import threading
@@ -38,7 +39,7 @@ from ..schedulers import retry
 from ..store import Stores
 from ..store.records import COMPLETED, FAILED, error_fields
 from ..task import Kind, TaskHeader, open_task
-from .control import Control
+from .control import IDLE_WAIT_S, Control
 from .executor import Executor, Outcome
 from .output import OutputRelay
 
@@ -110,6 +111,17 @@ class _Batch:
             self.cut = self.released_from = len(self.jobs)
 
 
+UPKEEPS_PER_BEAT = 8
+
+
+def upkeep_spacing(beat_s: float, live_engines: int, rng: random.Random) -> float:
+    """Seconds until this engine's next upkeep pass: one heartbeat while the cluster is
+    small, then growing with the engine count (jittered so that the passes stay spread)."""
+    if live_engines <= UPKEEPS_PER_BEAT:
+        return 0.0  # every beat
+    return beat_s * live_engines / UPKEEPS_PER_BEAT * rng.uniform(0.5, 1.5)
+
+
 class Engine:
     def __init__(self, settings: Settings, properties: dict[str, Any] | None = None) -> None:
         self.settings = settings
@@ -117,7 +129,9 @@ class Engine:
         self.names = Names(settings.cluster)
         self.engine_id: int = -1
         self.exit_code = 0
-        self._deliveries: queue.Queue[Delivery] = queue.Queue()
+        # None in here only wakes the worker to look at its flags: idle threads block rather
+        # than poll (with 200 engines on a host, polling was a core's worth of wakeups).
+        self._deliveries: queue.Queue[Delivery | None] = queue.Queue()
         self._draining = threading.Event()
         self._stop_io = threading.Event()
         self._dead = threading.Event()
@@ -205,9 +219,11 @@ class Engine:
             thread.start()
         threading.Thread(target=self._announce, args=(on_ready,), daemon=True).start()
         try:
-            self.consumer.run(self._stop_io)
+            self.consumer.run(self._stop_io, poll_s=IDLE_WAIT_S)
         finally:
             self._draining.set()
+            self._wake_worker()
+            self._stop_serving()
             for thread in threads:
                 thread.join(timeout=10)
             self.consumer.close()
@@ -234,6 +250,8 @@ class Engine:
             log.info("engine %d draining (%s)", self.engine_id, why)
             notify("STOPPING=1")
             self._draining.set()
+            # A signal handler must not take the queue's lock: the thread it interrupted may hold it.
+            threading.Thread(target=self._wake_worker, daemon=True).start()
             self.consumer.pause()
             budget = self.settings.drain_timeout_s
             timer = threading.Timer(budget, self.executor.interrupt, [f"drain budget of {budget:g}s ran out"])
@@ -256,8 +274,10 @@ class Engine:
                     carried = self._run_batch(*carried)
                     continue
                 try:
-                    delivery = self._deliveries.get(timeout=0.1)
+                    delivery = self._deliveries.get(timeout=IDLE_WAIT_S)
                 except queue.Empty:
+                    delivery = None
+                if delivery is None:
                     if self._draining.is_set():
                         break
                     continue
@@ -277,7 +297,16 @@ class Engine:
             log.exception("engine %d worker failed", self.engine_id)
             self.exit_code = 1
         finally:
-            self._stop_io.set()
+            self._stop_serving()
+
+    def _wake_worker(self) -> None:
+        self._deliveries.put(None)
+
+    def _stop_serving(self) -> None:
+        """End the I/O loop and the control thread now, not at their next idle timeout."""
+        self._stop_io.set()
+        self.control.wake()
+        self.consumer.wake()
 
     def _open(self, delivery: Delivery) -> Job | None:
         """Verify and decode a delivery; one that fails is dead-lettered and None returned."""
@@ -320,6 +349,8 @@ class Engine:
                 delivery = self._deliveries.get_nowait()
             except queue.Empty:
                 break
+            if delivery is None:
+                continue  # a wakeup; the loop's condition reads the flags
             job = self._open(delivery)
             if job is None:
                 continue
@@ -650,15 +681,26 @@ class Engine:
     # --- upkeep thread -------------------------------------------------------------
     # Recovering a dead peer and culling history can take seconds on a loaded machine; on
     # their own thread they never delay our heartbeat past the engine timeout.
+    # Every engine looks for dead peers, so that recovery needs no one process; but each pass
+    # is several Redis calls, so the cluster as a whole makes about UPKEEPS_PER_BEAT of them
+    # per heartbeat interval however many engines there are: with more engines each one
+    # passes less often, at a random phase, and a dead peer is still found about as soon.
     def _upkeep(self) -> None:
-        while not self._stop_io.wait(self.settings.heartbeat_interval_s):
+        beat = self.settings.heartbeat_interval_s
+        rng = random.Random()
+        due = 0.0
+        while not self._stop_io.wait(beat):
             if self._draining.is_set() or not self._activated:
                 continue
             try:
                 with self._reaping:
                     self.reaper.broker.keepalive()
+                    if time.monotonic() < due:
+                        continue
                     self.metrics.engine_deaths.inc(len(self.reaper.reap_stale()))
-                self.metrics.engines.set(len(self.registry.live_ids()))
+                live = len(self.registry.live_ids())
+                self.metrics.engines.set(live)
+                due = time.monotonic() + upkeep_spacing(beat, live, rng)
                 self.history.cull(self.settings.result_ttl_s, self.settings.max_records)
             except EnginefarmError as exc:
                 log.warning("engine %d could not reap peers: %s", self.engine_id, exc)
@@ -671,5 +713,6 @@ class Engine:
         self.exit_code = 1
         self._dead.set()
         self._draining.set()
+        self._wake_worker()
         self.executor.interrupt("engine declared dead")
-        self._stop_io.set()
+        self._stop_serving()
