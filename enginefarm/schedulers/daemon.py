@@ -32,7 +32,7 @@ from ..names import Names
 from ..recovery import Reaper
 from ..store import Stores, TaskRecord
 from ..store.leases import Lease
-from ..store.records import PENDING, TERMINAL, error_fields
+from ..store.records import PENDING, RECORD_GRACE_S, TERMINAL, error_fields
 from ..task import TaskHeader, open_task
 from .dependencies import DepState, Verdict
 from .policy import EngineLoad, PendingTask, plan, scheme_named
@@ -64,6 +64,9 @@ class Scheduler:
         self.waiting_noted: set[str] = set()
         self.waiting = DependencyBook()
         self._events: queue.Queue[list[str]] = queue.Queue()
+        # Submissions whose record had not reached Redis yet: unacked, looked at again each
+        # tick until their record is there or RECORD_GRACE_S has passed (task id -> delivery, deadline).
+        self._trailing: dict[str, tuple[Delivery, float]] = {}
         self._stop = threading.Event()
         self._next_housekeeping = 0.0
         self._next_census = 0.0
@@ -269,19 +272,37 @@ class Scheduler:
             log.warning("cannot queue task %s: %s", task_id, exc)
             self.consumer.reject(delivery, requeue=True)
             return
-        if queued == 0 and not delivery.redelivered and self._finished_or_gone(task_id):
-            # A fresh publish of a task that already ended: a captured message sent again.
-            self._refuse(delivery, SignatureError("replayed", f"task {task_id} already finished or gone"))
-            return
+        if queued == 0 and not delivery.redelivered:
+            status = self.records.statuses([task_id])[0]
+            if status == PENDING:
+                queued = self.records.enqueue(task_id, seq)  # its record arrived just now
+            elif status is None and self._record_may_trail(task_id, delivery):
+                return
+            if queued == 0 and (status is None or status in TERMINAL):
+                # A fresh publish of a task that already ended: a captured message sent again.
+                self._trailing.pop(task_id, None)
+                self._refuse(delivery, SignatureError("replayed", f"task {task_id} already finished or gone"))
+                return
+        self._trailing.pop(task_id, None)
         if queued == 1 or (queued == 2 and task_id not in self.pending and task_id not in self.engine_of):
             self.bodies[task_id] = delivery.body
             self._hold(PendingTask(task_id, seq, header.priority, header.depend), header)
         self.consumer.ack(delivery)
         self._dispatch()
 
-    def _finished_or_gone(self, task_id: str) -> bool:
-        status = self.records.statuses([task_id])[0]
-        return status is None or status in TERMINAL
+    def _record_may_trail(self, task_id: str, delivery: Delivery) -> bool:
+        """A fresh message whose record is missing: the client writes the record while it
+        publishes, so it can trail the message by a moment. Keep the message (unacked) to
+        look again at the next tick, for RECORD_GRACE_S; True while it is kept."""
+        _, deadline = self._trailing.get(task_id, (delivery, time.monotonic() + RECORD_GRACE_S))
+        if time.monotonic() >= deadline:
+            return False
+        self._trailing[task_id] = (delivery, deadline)
+        return True
+
+    def _retry_trailing(self) -> None:
+        for delivery, _ in list(self._trailing.values()):
+            self._on_submit(delivery)
 
     # --- routing -------------------------------------------------------------------
     def _loads(self) -> list[EngineLoad]:
@@ -418,6 +439,8 @@ class Scheduler:
     def _tick(self) -> None:
         try:
             self._on_events()
+            if self._trailing:
+                self._retry_trailing()
             now = time.monotonic()
             if now < self._next_housekeeping:
                 return

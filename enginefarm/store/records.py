@@ -147,6 +147,11 @@ end
 return out
 """
 # A finished record rides in its client's inbox when its result fields are this small.
+# How long a fresh message may wait for its task record before it counts as a replay: a
+# client writes the record while it publishes, and the write can reach Redis a moment after
+# the message reaches an engine or the scheduler (a large record is read in several parts).
+RECORD_GRACE_S = 1.0
+
 INLINE_MAX = 4096
 # Only a live client reads its inbox (a new Client has a new one, and finds older results by
 # their status): entries nobody popped within this long are garbage.

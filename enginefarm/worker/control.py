@@ -31,7 +31,7 @@ from ..incidents import Incidents
 from ..keys import KeyRing
 from ..serialization import dumps
 from ..store import Records
-from ..store.records import COMPLETED, FAILED
+from ..store.records import COMPLETED, FAILED, RECORD_GRACE_S
 from ..task import Kind, TaskHeader, open_task
 from .executor import Executor
 
@@ -41,10 +41,6 @@ log = logging.getLogger(__name__)
 # at once (a None in its queue, a callback in the I/O loop), so this only bounds idle wakeups.
 IDLE_WAIT_S = 1.0
 T = TypeVar("T")
-
-# How long a fresh message may wait for its record before it counts as a replay (the client
-# writes the record while it publishes), as for the engine's tasks.
-RECORD_GRACE_S = 1.0
 Outcome = tuple[str, dict[str, Any]]
 
 

@@ -37,7 +37,7 @@ from ..names import Names
 from ..recovery import Reaper
 from ..schedulers import retry
 from ..store import Stores
-from ..store.records import COMPLETED, FAILED, error_fields
+from ..store.records import COMPLETED, FAILED, RECORD_GRACE_S, error_fields
 from ..task import Kind, TaskHeader, open_task
 from .control import IDLE_WAIT_S, Control
 from .executor import Executor, Outcome
@@ -48,9 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-# How long a fresh message may wait for its task record before it counts as a replay.
-RECORD_GRACE_S = 1.0
 
 
 class AckOnce:

@@ -64,3 +64,22 @@ def test_a_message_that_arrives_before_its_record_still_runs(client, cluster):
     client.barrier([task_id], timeout=TIMEOUT_S)
     assert client.results[task_id] == 36
     assert client.publisher.link.queue_depths([client.names.dead_queue])[client.names.dead_queue] == 0
+
+
+def test_a_submission_that_reaches_the_scheduler_before_its_record_still_runs(client, cluster):
+    # Under LIFO every load-balanced task goes through the scheduler, which must wait for a
+    # trailing record as the engines do, neither refusing the message as a replay nor dropping it.
+    cluster.start_scheduler("lifo")
+    cluster.start_engine()
+    client.ids  # connect
+    task, task_id = MapTask(ft.square, (7,)), new_id()
+    header = {"task_id": task_id, "kind": task.kind, "client_id": client.client_id, "lb": True, **task.header()}
+    body = seal(client.ring, header, dumps(task.request()))
+    client.publisher.publish("", client.names.tasks_queue, body)
+    time.sleep(0.3)
+    client.records.create([NewTask(task_id, "map_task", client.client_id, body, None, {"lb": "1"})])
+    client.outstanding.add(task_id)
+    client.barrier([task_id], timeout=TIMEOUT_S)
+    assert client.results[task_id] == 49
+    assert client.records.get(task_id).engine_id == 0
+    assert client.publisher.link.queue_depths([client.names.dead_queue])[client.names.dead_queue] == 0
