@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, cast
 
 import pika
 import pika.exceptions
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from ..config import amqp_tls_options, split_urls
 from ..errors import BrokerError, ConfigError
@@ -23,6 +24,9 @@ log = logging.getLogger(__name__)
 # Errors after which the connection (or channel) is unusable and must be re-opened.
 RECOVERABLE = (
     pika.exceptions.AMQPConnectionError,
+    # A handshake that times out (a broker too busy to answer 200 engines starting at once,
+    # or a port that accepts but never speaks AMQP) is raised as this, not as the above.
+    AMQPConnectorException,
     pika.exceptions.ChannelClosed,
     pika.exceptions.ChannelWrongStateError,
     ConnectionError,

@@ -1,8 +1,10 @@
 """Several AMQP URLs: a client, an engine and a scheduler whose first URL is a closed port work
-through the second (the shared broker); ``--amqp-url`` and ``--redis-url`` win over the
+through the second (the shared broker), as they do past one that accepts but never answers; ``--amqp-url`` and ``--redis-url`` win over the
 environment."""
 
 from __future__ import annotations
+
+import socket
 
 import pytest
 
@@ -62,3 +64,19 @@ def test_a_client_given_only_dead_urls_fails_with_every_one_named(settings):
     for url in split_urls(urls):
         assert url.replace("guest:guest", "guest:***") in message, message
     assert "guest:guest" not in message
+
+
+def test_a_first_url_that_accepts_but_never_answers_is_passed_over(cluster, settings):
+    # A port that takes the TCP connection and then says nothing: the AMQP handshake times out
+    # (as with a broker too busy to answer many engines starting at once), which pika raises as
+    # a connector error, not a connection error. The engine must try the next URL, not exit.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        urls = f"amqp://guest:guest@127.0.0.1:{port}/%2F?stack_timeout=2,{split_urls(settings.amqp_url)[1]}"
+        engine = cluster.spawn(["engine", "--cluster", settings.cluster, "--amqp-url", urls])
+        engine.engine_id = cluster.wait_engine(engine)
+        log = engine.log()
+        assert "AMQPConnectorStackTimeout" in log and "trying the next URL" in log, log
+        assert engine.proc.poll() is None
