@@ -1,6 +1,6 @@
 """Several AMQP URLs: a client, an engine and a scheduler whose first URL is a closed port work
-through the second (the shared broker), as they do past one that accepts but never answers; ``--amqp-url`` and ``--redis-url`` win over the
-environment."""
+through the second (the shared broker), and so does an engine whose first URL accepts but never
+answers; ``--amqp-url`` and ``--redis-url`` win over the environment."""
 
 from __future__ import annotations
 

@@ -50,18 +50,24 @@ def test_quick_tasks_behind_a_long_one_run_on_the_idle_engine(client, two_engine
     assert {client.records.get(t).engine_id for t in again} == {d.engine_id for d in two_engines}
 
 
-def test_a_message_that_arrives_before_its_record_still_runs(client, cluster):
-    cluster.start_engine()
-    client.ids  # connect
-    task, task_id = MapTask(ft.square, (6,)), new_id()
+def publish_before_record(client, queue: str, x: int) -> str:
+    """Publish ``square(x)`` to ``queue`` first and write its record a little later, as a
+    client's write can trail its message; returns the task id once it has finished."""
+    task, task_id = MapTask(ft.square, (x,)), new_id()
     header = {"task_id": task_id, "kind": task.kind, "client_id": client.client_id, "lb": True, **task.header()}
     body = seal(client.ring, header, dumps(task.request()))
-    # The message goes out first; its record follows a little later
-    client.publisher.publish("", client.names.work_queue, body)
-    time.sleep(0.2)
+    client.publisher.publish("", queue, body)
+    time.sleep(0.3)
     client.records.create([NewTask(task_id, "map_task", client.client_id, body, None, {"lb": "1"})])
     client.outstanding.add(task_id)
     client.barrier([task_id], timeout=TIMEOUT_S)
+    return task_id
+
+
+def test_a_message_that_arrives_before_its_record_still_runs(client, cluster):
+    cluster.start_engine()
+    client.ids  # connect
+    task_id = publish_before_record(client, client.names.work_queue, 6)
     assert client.results[task_id] == 36
     assert client.publisher.link.queue_depths([client.names.dead_queue])[client.names.dead_queue] == 0
 
@@ -72,14 +78,7 @@ def test_a_submission_that_reaches_the_scheduler_before_its_record_still_runs(cl
     cluster.start_scheduler("lifo")
     cluster.start_engine()
     client.ids  # connect
-    task, task_id = MapTask(ft.square, (7,)), new_id()
-    header = {"task_id": task_id, "kind": task.kind, "client_id": client.client_id, "lb": True, **task.header()}
-    body = seal(client.ring, header, dumps(task.request()))
-    client.publisher.publish("", client.names.tasks_queue, body)
-    time.sleep(0.3)
-    client.records.create([NewTask(task_id, "map_task", client.client_id, body, None, {"lb": "1"})])
-    client.outstanding.add(task_id)
-    client.barrier([task_id], timeout=TIMEOUT_S)
+    task_id = publish_before_record(client, client.names.tasks_queue, 7)
     assert client.results[task_id] == 49
     assert client.records.get(task_id).engine_id == 0
     assert client.publisher.link.queue_depths([client.names.dead_queue])[client.names.dead_queue] == 0
