@@ -44,6 +44,20 @@ redis.call('ZADD', KEYS[2], tonumber(t[1]) + tonumber(t[2]) / 1e6, ARGV[1])
 return 1
 """
 
+# A registered engine that is not live yet (still connecting to the broker, declaring its
+# queues) renews its registration time, so that it is not taken for one that died starting.
+# 0: it was reaped meanwhile (or is live already, and must heartbeat instead).
+_STARTING = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw or redis.call('ZSCORE', KEYS[2], ARGV[1]) ~= false then return 0 end
+local ok, info = pcall(cjson.decode, raw)
+if not ok or type(info) ~= 'table' then return 0 end
+local t = redis.call('TIME')
+info['registered'] = tonumber(t[1]) + tonumber(t[2]) / 1e6
+redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(info))
+return 1
+"""
+
 # An engine removed from the heartbeat set has been declared dead: it must not come back.
 _HEARTBEAT = """
 if redis.call('ZSCORE', KEYS[2], ARGV[1]) == false or redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
@@ -108,6 +122,7 @@ class Registry:
         self.on_invalid: Callable[[str, str], None] = _log_invalid
         self._register = redis_client.register_script(_REGISTER)
         self._heartbeat = redis_client.register_script(_HEARTBEAT)
+        self._starting = redis_client.register_script(_STARTING)
         self._activate = redis_client.register_script(_ACTIVATE)
         self._by_age = redis_client.register_script(_BY_AGE)
         self._now = redis_client.register_script(_NOW)
@@ -131,6 +146,11 @@ class Registry:
         """Make a registered engine live (targetable); call once its queue exists."""
         with translate_errors():
             return bool(self._activate(keys=[self.names.engines, self.names.heartbeats], args=[engine_id]))
+
+    def still_starting(self, engine_id: int) -> bool:
+        """Renew a starting engine's registration; False means it was reaped meanwhile."""
+        with translate_errors():
+            return bool(self._starting(keys=[self.names.engines, self.names.heartbeats], args=[engine_id]))
 
     def heartbeat(self, engine_id: int) -> bool:
         """Refresh liveness; False means this engine was declared dead and must stop."""

@@ -661,10 +661,14 @@ class Engine:
         while not self._stop_io.wait(interval):
             if watchdog is not None:
                 notify("WATCHDOG=1")
-            if not self._activated:
-                continue  # not live yet: nobody can have declared us dead
             try:
-                alive = self.registry.heartbeat(self.engine_id)
+                if self._activated:
+                    alive = self.registry.heartbeat(self.engine_id)
+                else:
+                    # Until live, keep the registration fresh: connecting to a busy broker can
+                    # outlast the orphan window, and a live process must not be reaped for it.
+                    # (0 from a process that activated meanwhile is no verdict.)
+                    alive = self.registry.still_starting(self.engine_id) or self._activated
                 self.reaper.observe(True)
             except StoreError as exc:
                 self.reaper.observe(False)

@@ -4,7 +4,9 @@ answers; ``--amqp-url`` and ``--redis-url`` win over the environment."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import Iterator
 
 import pytest
 
@@ -66,17 +68,38 @@ def test_a_client_given_only_dead_urls_fails_with_every_one_named(settings):
     assert "guest:guest" not in message
 
 
-def test_a_first_url_that_accepts_but_never_answers_is_passed_over(cluster, settings):
-    # A port that takes the TCP connection and then says nothing: the AMQP handshake times out
-    # (as with a broker too busy to answer many engines starting at once), which pika raises as
-    # a connector error, not a connection error. The engine must try the next URL, not exit.
+@contextlib.contextmanager
+def silent_url(stack_timeout_s: int) -> Iterator[str]:
+    """An AMQP URL whose port takes the TCP connection and then says nothing: the handshake
+    times out after ``stack_timeout_s`` (as with a broker too busy to answer many engines
+    starting at once), which pika raises as a connector error, not a connection error."""
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
-        port = silent.getsockname()[1]
-        urls = f"amqp://guest:guest@127.0.0.1:{port}/%2F?stack_timeout=2,{split_urls(settings.amqp_url)[1]}"
+        yield f"amqp://guest:guest@127.0.0.1:{silent.getsockname()[1]}/%2F?stack_timeout={stack_timeout_s}"
+
+
+def test_a_first_url_that_accepts_but_never_answers_is_passed_over(cluster, settings):
+    # The engine must try the next URL, not exit.
+    with silent_url(2) as silent:
+        urls = f"{silent},{split_urls(settings.amqp_url)[1]}"
         engine = cluster.spawn(["engine", "--cluster", settings.cluster, "--amqp-url", urls])
         engine.engine_id = cluster.wait_engine(engine)
         log = engine.log()
         assert "AMQPConnectorStackTimeout" in log and "trying the next URL" in log, log
         assert engine.proc.poll() is None
+
+
+def test_an_engine_slow_to_reach_the_broker_is_not_reaped_as_one_that_died_starting(cluster, settings):
+    # Given a live engine, which looks for engines that registered and never became live
+    # (for more than twice the engine timeout: 6 s here)
+    peer = cluster.start_engine()
+    # When another engine takes longer than that to reach the broker (10 s on a silent port)
+    with silent_url(10) as silent:
+        urls = f"{silent},{split_urls(settings.amqp_url)[1]}"
+        slow = cluster.spawn(["engine", "--cluster", settings.cluster, "--amqp-url", urls])
+        # Then it still becomes live, and stays so: its registration was kept fresh meanwhile
+        slow.engine_id = cluster.wait_engine(slow, timeout_s=TIMEOUT_S)
+    assert "AMQPConnectorStackTimeout" in slow.log()
+    assert slow.proc.poll() is None, slow.log()[-2000:]
+    assert f"engine {slow.engine_id} stopped heartbeating" not in peer.log()
