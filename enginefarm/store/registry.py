@@ -46,12 +46,13 @@ return 1
 
 # A registered engine that is not live yet (still connecting to the broker, declaring its
 # queues) renews its registration time, so that it is not taken for one that died starting.
-# 0: it was reaped meanwhile (or is live already, and must heartbeat instead).
+# 1: renewed; 2: live already (its activation has just landed); 0: it was reaped meanwhile.
 _STARTING = """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
-if not raw or redis.call('ZSCORE', KEYS[2], ARGV[1]) ~= false then return 0 end
+if not raw then return 0 end
+if redis.call('ZSCORE', KEYS[2], ARGV[1]) ~= false then return 2 end
 local ok, info = pcall(cjson.decode, raw)
-if not ok or type(info) ~= 'table' then return 0 end
+if not ok or type(info) ~= 'table' then return 1 end
 local t = redis.call('TIME')
 info['registered'] = tonumber(t[1]) + tonumber(t[2]) / 1e6
 redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(info))
@@ -148,7 +149,8 @@ class Registry:
             return bool(self._activate(keys=[self.names.engines, self.names.heartbeats], args=[engine_id]))
 
     def still_starting(self, engine_id: int) -> bool:
-        """Renew a starting engine's registration; False means it was reaped meanwhile."""
+        """Renew a starting engine's registration (or find it live already, its activation
+        racing this call); False means it was reaped meanwhile."""
         with translate_errors():
             return bool(self._starting(keys=[self.names.engines, self.names.heartbeats], args=[engine_id]))
 

@@ -667,8 +667,7 @@ class Engine:
                 else:
                     # Until live, keep the registration fresh: connecting to a busy broker can
                     # outlast the orphan window, and a live process must not be reaped for it.
-                    # (0 from a process that activated meanwhile is no verdict.)
-                    alive = self.registry.still_starting(self.engine_id) or self._activated
+                    alive = self.registry.still_starting(self.engine_id)
                 self.reaper.observe(True)
             except StoreError as exc:
                 self.reaper.observe(False)

@@ -57,7 +57,7 @@ def test_14_redis_primary_killed_under_load_behind_sentinel(settings, tmp_path, 
             killed_at = time.monotonic()
             before = completed_count(client, bulk)
             # Then a replica is promoted and work resumes on it by itself
-            new = sentinel.wait_failover(old)
+            sentinel.wait_failover(old)
             wait_for(lambda: completed_count(client, bulk) > before + 50, 120, "work to resume on the new primary")
             recovered = time.monotonic() - killed_at
             # And the old primary, restarted, rejoins as a replica of the new one
@@ -74,7 +74,10 @@ def test_14_redis_primary_killed_under_load_behind_sentinel(settings, tmp_path, 
         assert t.lost == [] and t.duplicate_records == [] and t.reruns == 0
         assert t.statuses["completed"] == len(ids) == BULK + STREAM
         assert len(executions(log)) == BULK + STREAM
-        assert sentinel.primary_port() == new.port != old.port
+        # On a loaded machine a sentinel may judge the new primary down too (1 s without an
+        # answer, while it serves the replicas' full syncs) and fail over once more: the
+        # promise above holds either way, and the old primary is not the primary again.
+        assert sentinel.primary_port() not in (None, old.port)
         assert all(d.proc.poll() is None for d in cluster.daemons), [d.log()[-2000:] for d in cluster.daemons]
         assert recovered < 60
     finally:

@@ -235,3 +235,19 @@ def test_sigterm_on_an_idle_engine(settings, cluster, client):
     assert registry_of(cluster).info() == {}
     assert not queue_exists(settings, cluster.names.engine_queue(eid))
     assert f"engine {eid} stopped (exit 0)" in daemon.log()
+
+
+def test_a_starting_engine_renews_its_registration_until_its_activation_lands(cluster):
+    registry = registry_of(cluster)
+    engine_id = registry.register({"host": "h", "pid": 1}, 8)
+    registered_at = lambda: registry.info()[engine_id]["registered"]  # noqa: E731
+    first = registered_at()
+    # While it starts, each beat renews the registration (the orphan window counts from it)
+    wait_for(lambda: registry.still_starting(engine_id) and registered_at() > first, TIMEOUT_S,
+             "the registration to be renewed")
+    # A beat that meets its activation, landing from another thread, is no verdict of death
+    assert registry.activate(engine_id)
+    assert registry.still_starting(engine_id)
+    # But one that finds it reaped is
+    registry.unregister(engine_id)
+    assert not registry.still_starting(engine_id)
