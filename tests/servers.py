@@ -52,7 +52,6 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
-@dataclass
 def _all_descriptors() -> None:
     """Raise the soft open-files limit to the hard one: each engine holds three connections,
     and a node at 1,024 descriptors runs out (and breaks) with 200 engines starting at once."""
@@ -60,6 +59,7 @@ def _all_descriptors() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+@dataclass
 class PrivateRabbit:
     """A RabbitMQ node of its own, listening on ``host`` (loopback unless told), with its own
     HOME (so its own Erlang cookie). ``consumer_timeout_ms`` is checked every second.
