@@ -7,7 +7,6 @@ ports are never disturbed. Stopped by PID.
 from __future__ import annotations
 
 import os
-import resource
 import shutil
 import signal
 import socket
@@ -50,13 +49,6 @@ def _pid_alive(pid: int) -> bool:
         return True
     except ProcessLookupError:
         return False
-
-
-def _all_descriptors() -> None:
-    """Raise the soft open-files limit to the hard one: each engine holds three connections,
-    and a node at 1,024 descriptors runs out (and breaks) with 200 engines starting at once."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 @dataclass
@@ -114,9 +106,12 @@ class PrivateRabbit:
         if not os.path.exists(server):
             server = shutil.which("rabbitmq-server") or "rabbitmq-server"
         with open(os.path.join(self.base_dir, "server.log"), "ab") as log:
-            self.proc = subprocess.Popen([server], env=self._env(), stdout=log, stderr=log,
-                                         stdin=subprocess.DEVNULL, start_new_session=True,
-                                         preexec_fn=_all_descriptors)
+            # Every descriptor the hard limit allows: each engine holds three connections, and
+            # a node at 1,024 runs out (and breaks) as 200 engines start. Set by the shell that
+            # execs the server, not by a preexec_fn (unsafe with the threads a test runs).
+            self.proc = subprocess.Popen(["sh", "-c", 'ulimit -n "$(ulimit -Hn)"; exec "$0"', server],
+                                         env=self._env(), stdout=log, stderr=log,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
         wait_port(self.port, True, timeout_s, "private RabbitMQ", self.host)
         pid_file = os.path.join(self.base_dir, "pid")
         deadline = time.monotonic() + timeout_s

@@ -119,7 +119,11 @@ class BrokerConnection:
                     return self._connect(index)
                 except pika.exceptions.ProbableAuthenticationError as exc:
                     self.close()
-                    raise BrokerError(f"RabbitMQ refused the credentials in the AMQP url: {exc}") from exc
+                    # pika says "probable" of any connection lost while logging in: a node still
+                    # booting resets it too. Only the broker's own refusal is final.
+                    if "ACCESS_REFUSED" in str(exc):
+                        raise BrokerError(f"RabbitMQ refused the credentials in the AMQP url: {exc}") from exc
+                    failure = exc
                 except RECOVERABLE as exc:
                     self.close()
                     failure = exc

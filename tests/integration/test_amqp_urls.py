@@ -103,3 +103,10 @@ def test_an_engine_slow_to_reach_the_broker_is_not_reaped_as_one_that_died_start
     assert "AMQPConnectorStackTimeout" in slow.log()
     assert slow.proc.poll() is None, slow.log()[-2000:]
     assert f"engine {slow.engine_id} stopped heartbeating" not in peer.log()
+
+
+def test_wrong_credentials_fail_at_once_and_say_so(settings):
+    # A login the broker refuses is final (a lost connection while logging in is retried).
+    wrong = settings.replace(amqp_url=split_urls(settings.amqp_url)[1].replace("guest:guest@", "guest:wrong@"))
+    with pytest.raises(BrokerError, match="refused the credentials"), Client(settings=wrong) as client:
+        client.load_balanced_view().apply(abs, -1, block=False)
