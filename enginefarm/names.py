@@ -145,7 +145,8 @@ class Names:
 
     @property
     def properties_version(self) -> str:
-        """Bumped whenever engine properties change (depend must be looked at again)."""
+        """Bumped whenever an engine goes live or engine properties change (routing and
+        depend must be looked at again)."""
         return self.key("engine", "props-version")
 
     @property

@@ -266,7 +266,7 @@ class Scheduler:
         task_id = header.task_id
         seq = time.time()
         try:
-            queued = self.records.enqueue(task_id, seq)
+            queued, engines_version = self.records.enqueue(task_id, seq)
         except StoreError as exc:
             # Not acked: the broker gives it to us (or a standby) again.
             log.warning("cannot queue task %s: %s", task_id, exc)
@@ -275,7 +275,7 @@ class Scheduler:
         if queued == 0 and not delivery.redelivered:
             status = self.records.statuses([task_id])[0]
             if status == PENDING:
-                queued = self.records.enqueue(task_id, seq)  # its record arrived just now
+                queued, engines_version = self.records.enqueue(task_id, seq)  # its record arrived just now
             elif status is None and self._record_may_trail(task_id, delivery):
                 return
             if queued == 0 and (status is None or status in TERMINAL):
@@ -288,7 +288,18 @@ class Scheduler:
             self.bodies[task_id] = delivery.body
             self._hold(PendingTask(task_id, seq, header.priority, header.depend), header)
         self.consumer.ack(delivery)
+        if engines_version != self.props_version:
+            # An engine went live (or properties changed) since housekeeping last looked: route
+            # with what the submitter saw, not with a view up to one housekeeping old.
+            self._look_at_engines()
         self._dispatch()
+
+    def _look_at_engines(self) -> None:
+        try:
+            self._refresh_engines()
+            self._count_foreign()
+        except EnginefarmError as exc:
+            log.warning("scheduler could not read the engines: %s", exc)
 
     def _record_may_trail(self, task_id: str, delivery: Delivery) -> bool:
         """A fresh message whose record is missing: the client writes the record while it

@@ -259,17 +259,18 @@ RENEW_BATCH = 500
 # dispatch ticket.
 # A task aborted before the scheduler saw it, or already routed, is not queued again.
 _ENQUEUE = """
+local version = tonumber(redis.call('GET', KEYS[3])) or 0
 if redis.call('HGET', KEYS[1], 'status') ~= 'pending' or redis.call('HEXISTS', KEYS[1], '_pending_key') == 1 then
-  return 0
+  return {0, version}
 end
 if not tonumber(redis.call('HGET', KEYS[1], '_seq')) then
   redis.call('HSET', KEYS[1], '_seq', ARGV[2])
 elseif redis.call('ZSCORE', KEYS[2], ARGV[1]) ~= false then
-  return 2
+  return {2, version}
 end
 redis.call('HSET', KEYS[1], '_ticket', ARGV[3])
 redis.call('ZADD', KEYS[2], redis.call('HGET', KEYS[1], '_seq'), ARGV[1])
-return 1
+return {1, version}
 """
 
 
@@ -579,11 +580,15 @@ class Records:
             keys = [self.names.task(task_id), self.names.scheduler_pending, self.names.scheduler_events]
             return bool(self._requeue(keys=keys, args=args))
 
-    def enqueue(self, task_id: str, seq: float) -> int:
-        """The scheduler accepts a task: 1 queued, 2 already queued, 0 not pending (drop it)."""
+    def enqueue(self, task_id: str, seq: float) -> tuple[int, int]:
+        """The scheduler accepts a task: (1 queued, 2 already queued or 0 not pending: drop it;
+        the engines' version, read in the same step, so a scheduler routing this task knows
+        of every engine that was live before it was submitted)."""
         with translate_errors():
-            return int(self._enqueue(keys=[self.names.task(task_id), self.names.scheduler_pending],
-                                     args=[task_id, repr(seq), self.ticket(task_id)]))
+            code, version = self._enqueue(
+                keys=[self.names.task(task_id), self.names.scheduler_pending, self.names.properties_version],
+                args=[task_id, repr(seq), self.ticket(task_id)])
+        return int(code), int(version)
 
     def status_counts(self) -> dict[str, int]:
         with translate_errors():

@@ -41,6 +41,7 @@ _ACTIVATE = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
 local t = redis.call('TIME')
 redis.call('ZADD', KEYS[2], tonumber(t[1]) + tonumber(t[2]) / 1e6, ARGV[1])
+redis.call('INCR', KEYS[3])
 return 1
 """
 
@@ -146,7 +147,8 @@ class Registry:
     def activate(self, engine_id: int) -> bool:
         """Make a registered engine live (targetable); call once its queue exists."""
         with translate_errors():
-            return bool(self._activate(keys=[self.names.engines, self.names.heartbeats], args=[engine_id]))
+            return bool(self._activate(keys=[self.names.engines, self.names.heartbeats, self.names.properties_version],
+                                       args=[engine_id]))
 
     def still_starting(self, engine_id: int) -> bool:
         """Renew a starting engine's registration (or find it live already, its activation
