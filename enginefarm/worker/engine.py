@@ -5,8 +5,8 @@ Threads of the supervisor:
 - worker: takes deliveries one at a time, claims the task in Redis, runs it in the child,
   records the outcome, then acks;
 - control: signals from the engine's control queue, sent to the child at once (see control.py);
-- heartbeat: refreshes liveness in Redis;
-- upkeep: reaps peers that stopped heartbeating and culls old history.
+- heartbeat: refreshes liveness in Redis (liveness.py);
+- upkeep: reaps peers that stopped heartbeating and culls old history (liveness.py).
 """
 
 from __future__ import annotations
@@ -15,32 +15,32 @@ import json
 import logging
 import os
 import queue
-import random
 import signal
 import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..broker import BrokerConnection, Consumer, Delivery, Publisher
 from ..broker.topology import declare_cluster, declare_control_queue, declare_engine_queue, over_delivery_limit
+from ..buffers import is_packed, unpack
 from ..config import Settings
 from ..deadletter import dead_letter
-from ..buffers import is_packed, pack, unpack
 from ..errors import DataExpired, DecodeError, DeliveryLimitError, EngineDeclaredDead, EnginefarmError, SignatureError, StoreError
 from ..incidents import Incidents
 from ..metrics import Metrics
-from ..systemd import notify, watchdog_interval_s
 from ..names import Names
 from ..recovery import Reaper
-from ..schedulers import retry
 from ..store import Stores
 from ..store.records import COMPLETED, FAILED, RECORD_GRACE_S, error_fields
-from ..task import Kind, TaskHeader, open_task
+from ..systemd import notify
+from ..task import Kind, open_task
 from .control import IDLE_WAIT_S, Control
 from .executor import Executor, Outcome
+from .jobs import AckOnce, Batch, Claim, Entry, Job
+from .liveness import Liveness
+from .outcomes import Outcomes
 from .output import OutputRelay
 
 if TYPE_CHECKING:
@@ -50,76 +50,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class AckOnce:
-    """Acks a delivery exactly once, whether custody or completion comes first."""
-
-    def __init__(self, consumer: Consumer, delivery: Delivery) -> None:
-        self._consumer = consumer
-        self._delivery = delivery
-        self._lock = threading.Lock()
-        self._done = False
-
-    def __call__(self) -> None:
-        if self.take():
-            self._consumer.ack(self._delivery)
-
-    def take(self) -> bool:
-        """Claim the one settlement of this delivery: True if nobody has settled it yet."""
-        with self._lock:
-            if self._done:
-                return False
-            self._done = True
-            return True
-
-
-Claim = tuple[bool, str, int]
-
-
-@dataclass
-class Job:
-    """A verified delivery: what to run, and how to ack it once."""
-
-    delivery: Delivery
-    header: TaskHeader
-    payload: bytes
-    ack: AckOnce
-
-    @property
-    def task_id(self) -> str:
-        return self.header.task_id
-
-
-@dataclass
-class _Batch:
-    """Jobs claimed together, and what became of them."""
-
-    jobs: list[Job]
-    claims: list[Claim]
-    window_end: float
-    cut: int = -1  # jobs from here on were not started
-    released_from: int = -1  # jobs from here on were released already
-    finished: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
-    acks: list[Job] = field(default_factory=list)
-    properties: dict[str, Any] | None = None
-    started: set[int] = field(default_factory=lambda: {0})  # jobs whose record says they started
-
-    def __post_init__(self) -> None:
-        if self.cut < 0:
-            self.cut = self.released_from = len(self.jobs)
-
-
-UPKEEPS_PER_BEAT = 8
-
-
-def upkeep_spacing(beat_s: float, live_engines: int, rng: random.Random) -> float:
-    """Seconds until this engine's next upkeep pass: one heartbeat while the cluster is
-    small, then growing with the engine count (jittered so that the passes stay spread)."""
-    if live_engines <= UPKEEPS_PER_BEAT:
-        return 0.0  # every beat
-    return beat_s * live_engines / UPKEEPS_PER_BEAT * rng.uniform(0.5, 1.5)
-
-
-class Engine:
+class Engine(Liveness):
     def __init__(self, settings: Settings, properties: dict[str, Any] | None = None) -> None:
         self.settings = settings
         self.properties = dict(properties or {})
@@ -136,7 +67,7 @@ class Engine:
         self._activated = False
         self._batch = 1
         self._aside = False  # not taking from the shared queue while a long task runs
-        self._owed: tuple[str, str, dict[str, Any]] | None = None  # an outcome sent, reply not read
+        self._owed: Entry | None = None  # an outcome sent, reply not read
         self._reaping = threading.Lock()  # the reaper's broker connection serves one thread at a time
         self._publishing = threading.Lock()  # so does the publisher's (worker and control threads)
         self.metrics = Metrics()
@@ -159,6 +90,8 @@ class Engine:
         self.executor = Executor(s.output_cap_bytes, s.engine_shell, s.display_cap_bytes, s.max_value_bytes)
         self.executor.start()
         self.live = OutputRelay(stores.output)
+        self.outcomes = Outcomes(self.engine_id, s, self.records, self.registry, self.blobs, self.live, self.metrics,
+                                 self._retry_store)
         self.consumer = Consumer(
             s.amqp_url,
             setup=self._declare,
@@ -362,7 +295,7 @@ class Engine:
     def _run_batch(self, jobs: list[Job], claims: list[Claim]) -> tuple[list[Job], list[Claim]] | None:
         """Run claimed jobs in order; record them, release what did not start, claim the next
         batch (one round trip); then ack. Returns the next batch when there is one."""
-        batch = _Batch(jobs, claims, time.monotonic() + self.settings.batch_window_s)
+        batch = Batch(jobs, claims, time.monotonic() + self.settings.batch_window_s)
         killed = False
         for index, (job, claim) in enumerate(zip(jobs, claims)):
             if index >= batch.cut:
@@ -402,7 +335,7 @@ class Engine:
             self.request_stop("killed by a client")
         return (following, next_claims) if following else None
 
-    def _adapt(self, batch: _Batch, size: int) -> None:
+    def _adapt(self, batch: Batch, size: int) -> None:
         """Double the batch while a whole one fits well inside the window, else start over at one."""
         if batch.cut >= size and time.monotonic() < batch.window_end - self.settings.batch_window_s / 2:
             self._batch = min(self._batch * 2, self.settings.batch_max)
@@ -428,7 +361,7 @@ class Engine:
             log.warning("engine %d records task %s again: %s", self.engine_id, entry[0], exc)
             self._retry_store(lambda: self.records.settle(self.engine_id, finished=[entry]))
 
-    def _release_rest(self, batch: _Batch, index: int) -> None:
+    def _release_rest(self, batch: Batch, index: int) -> None:
         """The batch window closed while job ``index`` runs: put the jobs after it back."""
         self._settle_owed()
         rest = [(j, c) for j, c in zip(batch.jobs[index + 1 :], batch.claims[index + 1 :]) if c[0]]
@@ -439,7 +372,7 @@ class Engine:
         self._retry_store(lambda: self.records.settle(self.engine_id, released=released))
         self.consumer.settle([], [j.delivery for j, _ in rest if j.ack.take()], requeue=True)
 
-    def _run_guarded(self, job: Job, claim: Claim, batch: _Batch, index: int) -> tuple[str, str, dict[str, Any]] | None:
+    def _run_guarded(self, job: Job, claim: Claim, batch: Batch, index: int) -> Entry | None:
         """``_run_one``; an unexpected failure while handling the task fails that task with
         EngineError (logged with its traceback and counted), and the engine goes on."""
         try:
@@ -453,7 +386,7 @@ class Engine:
                      f"{type(exc).__name__}: {exc}", "traceback": "", "engine_id": self.engine_id}
             return job.task_id, FAILED, {"error": json.dumps(error)}
 
-    def _run_one(self, job: Job, claim: Claim, batch: _Batch, index: int) -> tuple[str, str, dict[str, Any]] | None:
+    def _run_one(self, job: Job, claim: Claim, batch: Batch, index: int) -> Entry | None:
         """Run one claimed job; returns what to record, or None when it is settled already."""
         header, task_id = job.header, job.task_id
         claimed, previous, attempt = claim
@@ -504,12 +437,12 @@ class Engine:
                 if self._aside and not self._draining.is_set():
                     self._aside = False
                     self.consumer.resume(self.names.work_queue)
-        if header.lb and self._retry_store(lambda: self._hand_back(task_id, header, attempt, outcome)):
+        if header.lb and self._retry_store(lambda: self.outcomes.hand_back(task_id, header, attempt, outcome)):
             self.metrics.tasks.labels("requeued").inc()
             batch.acks.append(job)
             return None
         self.metrics.tasks.labels("completed" if outcome.ok else "failed").inc()
-        status, fields = self._outcome_fields(task_id, outcome)
+        status, fields = self.outcomes.fields(task_id, outcome)
         return task_id, status, fields
 
     def _request_buffers(self, payload: bytes) -> list[list[bytes]] | None:
@@ -555,78 +488,6 @@ class Engine:
                                 self.engine_id, name[:64])
         return properties
 
-    def _hand_back(self, task_id: str, header: TaskHeader, attempt: int, outcome: Outcome) -> bool:
-        """Give a load-balanced task back to the scheduler when the retry policy says to run
-        it again. Returns False when the outcome is final and must be recorded."""
-        if outcome.ok:
-            return False
-        ename = str((outcome.error or {}).get("ename", ""))
-        losses = 0
-        if ename in retry.LOST_ERRORS:
-            record = self.records.get(task_id)
-            # A record that does not decode cannot say how often it was lost: give up on it.
-            losses = len(record.lost_on) if record is not None and not record.invalid else self.settings.max_engine_losses
-        untried = self._untried(task_id, header) if outcome.unmet and retry.counts_refusals(ename, header.depend) else None
-        decision = retry.after_outcome(header.lb, outcome.ok, outcome.unmet, ename, attempt, header.retries,
-                                       losses, self.settings.max_engine_losses, untried)
-        if not decision.requeue:
-            if decision.note and outcome.error is not None:
-                outcome.error["evalue"] = str(outcome.error.get("evalue", "")) + decision.note
-            if decision.ename and outcome.error is not None:
-                outcome.error["ename"] = decision.ename
-            return False
-        fields: dict[str, Any] = {}
-        if not outcome.unmet:
-            error = {**(outcome.error or {}), "engine_id": self.engine_id}
-            fields = {"last_error": json.dumps(error), "failed_at": repr(time.time())}
-        self.metrics.retries.labels(decision.reason).inc()
-        self.live.discard(task_id)
-        return self.records.requeue(task_id, self.engine_id, decision.listed_as, decision.attempts_delta, fields)
-
-    def _untried(self, task_id: str, header: TaskHeader) -> int:
-        """Live engines the task may run on (its targets), other than this one, that have not
-        refused it (its record's unmet list); a record that does not decode counts nobody as
-        having refused."""
-        record = self.records.get(task_id)
-        refused = set(record.unmet) if record is not None and not record.invalid else set()
-        allowed = set(self.registry.live_ids())
-        if header.targets is not None:
-            allowed &= set(header.targets)
-        return len(allowed - refused - {self.engine_id})
-
-    def _outcome_fields(self, task_id: str, outcome: Outcome) -> tuple[str, dict[str, Any]]:
-        """The final status and the record fields of an outcome."""
-        cap = self.settings.max_message_bytes
-        if outcome.ok and len(outcome.value or b"") > cap:
-            outcome.ok = False
-            outcome.error = {"ename": "ResultTooLarge", "traceback": "",
-                             "evalue": f"the result is {len(outcome.value or b''):,} bytes pickled, over the "
-                                       f"cluster's cap of {cap:,} bytes (max_message_bytes)"}
-            outcome.value = None
-        # Empty output is left out: two fewer fields in every quiet task's record.
-        fields: dict[str, Any] = {k: v for k, v in (("stdout", outcome.stdout), ("stderr", outcome.stderr)) if v}
-        if outcome.outputs:
-            fields["outputs"] = json.dumps(outcome.outputs)
-        if outcome.execute_result is not None:
-            fields["execute_result"] = json.dumps(outcome.execute_result)
-        if outcome.ok:
-            fields["summary"] = outcome.summary
-            fields["result"] = self.records.seal_value(task_id, "result", self._stored_value(outcome))
-        else:
-            fields["error"] = json.dumps({**(outcome.error or {}), "engine_id": self.engine_id})
-        if outcome.namespace_lost:
-            fields["namespace_lost"] = "1"
-        return (COMPLETED if outcome.ok else FAILED), fields
-
-    def _stored_value(self, outcome: Outcome) -> bytes:
-        """The result's payload: its out-of-band buffers are stored first, and it names them."""
-        if not outcome.buffers:
-            return outcome.value or b""
-        views = [memoryview(b) for b in outcome.buffers]
-        refs = self._retry_store(lambda: self.blobs.put(views, "the result"))
-        outcome.buffers = None
-        return pack(refs, outcome.value or b"")
-
     def _retry_store(self, action: Callable[[], T]) -> T:
         """Retry a Redis write until it lands: nothing is acked while Redis is away."""
         delay = 0.1
@@ -651,61 +512,6 @@ class Engine:
         """Clean exit: settle what was routed here, remove the queue, free the id."""
         with self._reaping:
             self._retry_store(lambda: self.reaper.reap(self.engine_id, "shut down"))
-
-    # --- heartbeat thread ----------------------------------------------------------
-    def _beat(self) -> None:
-        interval = self.settings.heartbeat_interval_s
-        watchdog = watchdog_interval_s()
-        if watchdog is not None:
-            interval = min(interval, watchdog)
-        while not self._stop_io.wait(interval):
-            if watchdog is not None:
-                notify("WATCHDOG=1")
-            try:
-                if self._activated:
-                    alive = self.registry.heartbeat(self.engine_id)
-                else:
-                    # Until live, keep the registration fresh: connecting to a busy broker can
-                    # outlast the orphan window, and a live process must not be reaped for it.
-                    alive = self.registry.still_starting(self.engine_id)
-                self.reaper.observe(True)
-            except StoreError as exc:
-                self.reaper.observe(False)
-                log.warning("engine %d cannot heartbeat: %s", self.engine_id, exc)
-                continue
-            if not alive:
-                if not self._draining.is_set():
-                    self._declared_dead()
-                return
-
-    # --- upkeep thread -------------------------------------------------------------
-    # Recovering a dead peer and culling history can take seconds on a loaded machine; on
-    # their own thread they never delay our heartbeat past the engine timeout.
-    # Every engine looks for dead peers, so that recovery needs no one process; but each pass
-    # is several Redis calls, so the cluster as a whole makes about UPKEEPS_PER_BEAT of them
-    # per heartbeat interval however many engines there are: with more engines each one
-    # passes less often, at a random phase, and a dead peer is still found about as soon.
-    def _upkeep(self) -> None:
-        beat = self.settings.heartbeat_interval_s
-        rng = random.Random()
-        due = 0.0
-        while not self._stop_io.wait(beat):
-            if self._draining.is_set() or not self._activated:
-                continue
-            try:
-                with self._reaping:
-                    self.reaper.broker.keepalive()
-                    if time.monotonic() < due:
-                        continue
-                    self.metrics.engine_deaths.inc(len(self.reaper.reap_stale()))
-                live = len(self.registry.live_ids())
-                self.metrics.engines.set(live)
-                due = time.monotonic() + upkeep_spacing(beat, live, rng)
-                self.history.cull(self.settings.result_ttl_s, self.settings.max_records)
-            except EnginefarmError as exc:
-                log.warning("engine %d could not reap peers: %s", self.engine_id, exc)
-            except Exception:
-                self.incidents.note("upkeep", "engine %d upkeep failed", self.engine_id, traceback=True)
 
     def _declared_dead(self) -> None:
         """Another process judged us dead and settled our tasks: stop at once."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import statistics
 
-from enginefarm.worker.engine import UPKEEPS_PER_BEAT, upkeep_spacing
+from enginefarm.worker.liveness import UPKEEPS_PER_BEAT, upkeep_spacing
 
 
 def test_a_small_cluster_passes_every_beat():
