@@ -172,6 +172,13 @@ class RabbitCluster:
                 return leader.strip()
         raise AssertionError(f"no queue {queue} on the cluster")
 
+    def connections_on(self, index: int) -> list[str]:
+        """Names of the client connections node ``index`` holds (those on its AMQP port)."""
+        node = self.nodes[index]
+        out = node.ctl("--quiet", "list_connections", "--no-table-headers", "port", "name")
+        rows = [line.split("\t", 1) for line in out.splitlines() if "\t" in line]
+        return [name for port, name in rows if port.strip() == str(node.port)]
+
     def index_of(self, nodename: str) -> int:
         return [node.node for node in self.nodes].index(nodename)
 

@@ -1,15 +1,18 @@
-"""Scenario 16: kill -9 of the RabbitMQ node that leads every queue and holds every connection,
-under load, on a private three-node cluster; it restarts and rejoins. The shared servers are
-never touched."""
+"""Scenario 16 on a private three-node RabbitMQ cluster (the shared servers are never touched):
+kill -9 under load of the node that leads every queue and holds every connection, then of a
+node that leads nothing but holds the engines' connections; each restarts and rejoins."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
 
+import pika
 import pytest
 
 from enginefarm import Client
+from enginefarm.broker.topology import declare_cluster
+from enginefarm.names import Names
 
 from ..harness import Cluster, wait_for
 from ..rabbitcluster import RabbitCluster, rabbit_cluster
@@ -70,6 +73,65 @@ def test_16_rabbitmq_node_killed_under_load_on_a_three_node_cluster(settings, tm
         assert t.lost == [] and t.duplicate_records == [] and t.reruns == 0
         assert t.statuses["completed"] == len(load.ids) == 2500
         assert all(d.proc.poll() is None for d in cluster.daemons)  # scheduler and engines rode it out
+        assert recover_s < 60
+    finally:
+        cluster.teardown()
+
+
+def declare_from(url: str, names: Names) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        declare_cluster(connection.channel(), names)
+    finally:
+        connection.close()
+
+
+def test_16_rabbitmq_follower_node_killed_under_fifo_load(settings, tmp_path, rabbits):
+    # The cluster's shared queues are declared from node 0, so node 0 leads them; the engines
+    # connect to node 1, which holds a member of the work queue but does not lead it (it leads
+    # only the engines' own queues, which the engines declare). Plain FIFO: no scheduler, every
+    # task goes through the shared work queue.
+    local = settings.replace(amqp_url=rabbits.url)
+    follower_first = ",".join([rabbits.urls[1], rabbits.urls[0], rabbits.urls[2]])
+    cluster = Cluster(local, str(tmp_path))
+    log = str(tmp_path / "exec.log")
+    names = cluster.names
+    try:
+        started = time.monotonic()
+        with Client(settings=local) as client:
+            declare_from(rabbits.urls[0], names)
+            cluster.start_engines(2, env_extra={"ENGINEFARM_AMQP_URL": follower_first})
+            assert rabbits.leader_of(names.work_queue) == rabbits.nodes[0].node
+            on_follower = rabbits.connections_on(1)
+            assert len(on_follower) >= 2, on_follower  # each engine's consumer (the others connect when first used)
+            load = Load(local, log, batches=100, batch=25, sleep_s=0.0).start()
+            wait_for(lambda: completed_count(client, load.ids) >= 300, 120, "the load to get going")
+            before = completed_count(client, load.ids)
+            # When node 1, under every engine's connections, is killed
+            rabbits.kill(1)
+            down_at = time.monotonic()
+            # Then the engines reconnect to another node, consume again and work resumes
+            wait_for(lambda: completed_count(client, load.ids) > before + 200
+                     or (not load.thread.is_alive() and completed_count(client, load.ids) == len(load.ids)),
+                     120, "work to resume on the surviving nodes")
+            recover_s = time.monotonic() - down_at
+            leader = rabbits.leader_of(names.work_queue)
+            rabbits.restart(1)
+            rejoin_s = time.monotonic() - down_at
+            assert rabbits.running_nodes() == sorted(n.node for n in rabbits.nodes)
+            load.join()
+            client.barrier(load.ids, timeout=300)
+            t = tally(client, load.ids, log, load.keys)
+        report("16 RabbitMQ cluster: kill -9 of a node following the work queue, under every engine, fifo", t,
+               time.monotonic() - started, 0, recover_s,
+               notes=f"recover = node down until work resumed; rejoined after {rejoin_s:.1f} s")
+        assert leader == rabbits.nodes[0].node  # a follower's loss moves no leader
+        # Every accepted task ended in exactly one terminal record; none ran twice: the engines
+        # lost their connections, and what they held unacked went back to the queue unstarted
+        # or was finished already (its record is terminal, so a second delivery is skipped)
+        assert t.lost == [] and t.duplicate_records == [] and t.reruns == 0
+        assert t.statuses["completed"] == len(load.ids) == 2500
+        assert all(d.proc.poll() is None for d in cluster.daemons)
         assert recover_s < 60
     finally:
         cluster.teardown()
