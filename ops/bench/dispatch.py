@@ -14,6 +14,9 @@ a machine that the idle engines saturate measures its own starvation, not the sc
 
 Everything runs against the shared RabbitMQ and Redis under a unique cluster name; the
 processes started are stopped by PID and the cluster's queues and keys removed, also on error.
+With --private-broker it runs against a RabbitMQ node of its own instead (started with every
+file descriptor the hard limit allows, removed afterwards): each engine holds 3 AMQP
+connections, and 200 engines need more descriptors than a stock node's 1,024.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 from common import (AMQP_URL, REDIS_URL, Workers, bench_env, cpu_seconds, descendants, exit_on_sigterm, log,
@@ -85,17 +90,53 @@ def idle_cores(c: Client, seconds: float = 5.0) -> float:
     return (sum(cpu_seconds(p) for p in pids) - before) / seconds
 
 
-def measure(c: Client, scheduler_pid: int, tasks: int, timeout_s: float) -> dict[str, float]:
+def start_profile(pid: int, path: str) -> subprocess.Popen[bytes]:
+    """py-spy sampling ``pid`` into ``path`` (collapsed stacks) until it is sent SIGINT."""
+    spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+    return subprocess.Popen([spy, "record", "-p", str(pid), "-f", "raw", "-r", "200", "--nonblocking", "-o", path],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def measure(c: Client, scheduler_pid: int, tasks: int, timeout_s: float, profile: str | None = None) -> dict[str, float]:
     ef.farm(c, 500, timeout_s)  # warm-up: the scheduler's and engines' code paths and connections
+    spy = start_profile(scheduler_pid, profile) if profile else None
     cpu0, t0 = cpu_seconds(scheduler_pid), time.perf_counter()
     ids = c.submit_many([MapTask(add, (i, i)) for i in range(tasks)])
     c.barrier(ids, timeout=timeout_s)
     elapsed, cpu = time.perf_counter() - t0, cpu_seconds(scheduler_pid) - cpu0
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its file when interrupted
+        spy.wait(60)
     bad = [i for i, t in enumerate(ids) if c.results[t] != 2 * i]
     if bad:
         raise RuntimeError(f"{len(bad)} wrong results")
     return {"cpu_us_per_dispatch": cpu / tasks * 1e6, "dispatches_per_s": tasks / elapsed, "seconds": elapsed,
             "scheduler_cpu_s": cpu}
+
+
+def profile_path(directory: str | None, engines: int) -> str | None:
+    if directory is None:
+        return None
+    os.makedirs(directory, exist_ok=True)
+    return os.path.join(os.path.abspath(directory), f"scheduler-{engines}.txt")
+
+
+def with_private_broker(argv: list[str]) -> int:
+    """This benchmark run again, against a RabbitMQ node of its own; its exit code."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+    from tests.servers import PrivateRabbit  # the one place that knows how to run a private node
+
+    base = tempfile.mkdtemp(prefix="enginefarm-bench-rabbit-")
+    node = PrivateRabbit(base)
+    try:
+        node.start()
+        log(f"private RabbitMQ node {node.node} on port {node.port}")
+        rest = [a for a in argv if a != "--private-broker"]
+        return subprocess.call([sys.executable, os.path.abspath(__file__), *rest],
+                               env={**os.environ, "BENCH_AMQP_URL": node.url})
+    finally:
+        node.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def main() -> None:
@@ -108,7 +149,13 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--max-idle-cores", type=float, default=1.0,
                    help="skip an N whose idle engines would draw more CPU than this (estimated)")
+    p.add_argument("--profile", metavar="DIR",
+                   help="sample the scheduler with py-spy while it dispatches: DIR/scheduler-<N>.txt, collapsed stacks")
+    p.add_argument("--private-broker", action="store_true",
+                   help="run against a RabbitMQ node of its own, with a descriptor limit fit for 200 engines")
     args = p.parse_args()
+    if args.private_broker:
+        sys.exit(with_private_broker(sys.argv[1:]))
     counts = sorted(int(n) for n in args.engines.split(","))
     exit_on_sigterm()
     name = f"bench_dispatch_{int(time.time())}"
@@ -117,7 +164,7 @@ def main() -> None:
     try:
         scheduler = workers.start([exe(), "--log-level", "WARNING", "scheduler", "--scheme", args.scheme],
                                   env=daemon_env(name), stdout=subprocess.DEVNULL)
-        c = Client(cluster=name)
+        c = Client(cluster=name, amqp_url=AMQP_URL, redis_url=REDIS_URL)
         running, per_engine_cores = 0, 0.0
         for n in counts:
             if running == 0:
@@ -145,7 +192,8 @@ def main() -> None:
             time.sleep(2)  # let the engines' start-up CPU settle
             idle = idle_cores(c)
             per_engine_cores = idle / n
-            row = {"engines": n, "idle_engines_cores": idle, **measure(c, scheduler.pid, args.tasks, args.timeout)}
+            row = {"engines": n, "idle_engines_cores": idle, **measure(c, scheduler.pid, args.tasks, args.timeout,
+                                                                    profile_path(args.profile, n))}
             rows.append(row)
             print(json.dumps(row), flush=True)
         c.close()
