@@ -35,7 +35,8 @@ from ..store.leases import Lease
 from ..store.records import PENDING, RECORD_GRACE_S, TERMINAL, error_fields
 from ..task import TaskHeader, open_task
 from .dependencies import DepState, Verdict
-from .policy import EngineLoad, PendingTask, plan, scheme_named
+from .loads import EngineLoads
+from .policy import PendingTask, plan, scheme_named
 from .stored import StoredRequests
 from .waiting import DependencyBook
 
@@ -60,6 +61,8 @@ class Scheduler:
         # plain FIFO work from the shared queue): read from Redis at each housekeeping, not
         # at each dispatch, so that routing a task costs the same however many engines run.
         self.foreign: dict[int, int] = {}
+        # The two above summed per live engine, changed as tasks are routed and end.
+        self.loads = EngineLoads(settings.scheduler_slots)
         self.props_version = -1
         self.waiting_noted: set[str] = set()
         self.waiting = DependencyBook()
@@ -166,13 +169,25 @@ class Scheduler:
         self._dispatch()
 
     def _track(self, task_id: str, engine_id: int) -> None:
-        self.assigned.setdefault(engine_id, set()).add(task_id)
+        held = self.assigned.setdefault(engine_id, set())
+        if task_id not in held:
+            held.add(task_id)
+            self.loads.change(engine_id, 1)
         self.engine_of[task_id] = engine_id
 
     def _untrack(self, task_id: str) -> None:
         engine_id = self.engine_of.pop(task_id, None)
-        if engine_id is not None:
-            self.assigned.get(engine_id, set()).discard(task_id)
+        if engine_id is None:
+            return
+        held = self.assigned.get(engine_id, set())
+        if task_id in held:
+            held.discard(task_id)
+            self.loads.change(engine_id, -1)
+
+    def _lose(self, engine_id: int) -> None:
+        """An engine found gone while routing: nothing more goes to it until it is live again."""
+        self.live = [e for e in self.live if e != engine_id]
+        self.loads.drop(engine_id)
 
     def _remember(self, record: TaskRecord, strict: bool = False) -> None:
         """Add a pending record to the backlog in memory."""
@@ -316,14 +331,12 @@ class Scheduler:
             self._on_submit(delivery)
 
     # --- routing -------------------------------------------------------------------
-    def _loads(self) -> list[EngineLoad]:
-        """What each engine holds: tasks we routed, plus what it claimed that we did not route
-        (as of the last housekeeping)."""
-        return [EngineLoad(e, len(self.assigned.get(e, ())) + self.foreign.get(e, 0)) for e in self.live]
-
     def _count_foreign(self) -> None:
+        """Read what each live engine claimed, and count what each holds afresh: the tasks we
+        routed plus those we did not."""
         claimed = self.registry.running_many(self.live)
         self.foreign = {e: len(held - self.assigned.get(e, set())) for e, held in zip(self.live, claimed)}
+        self.loads.reset({e: len(self.assigned.get(e, ())) + self.foreign.get(e, 0) for e in self.live})
 
     def _dispatch(self) -> None:
         """Route what can be routed now. Never raises: it runs inside broker callbacks, and
@@ -336,9 +349,9 @@ class Scheduler:
             self.incidents.note("dispatch", "scheduler failed dispatching", traceback=True)
 
     def _dispatch_now(self) -> None:
-        if not self.pending or not self.live:
+        if not self.pending or not self.loads.any_free():
             return
-        decided = plan(self.scheme, self.pending.values(), self._loads(), self.settings.scheduler_slots,
+        decided = plan(self.scheme, self.pending.values(), self.loads, self.settings.scheduler_slots,
                        time.time(), self.settings.failure_penalty_s)
         for task_id, engine_id in decided.assignments:
             self._route(task_id, engine_id)
@@ -358,7 +371,7 @@ class Scheduler:
         # finds it routed, and a crash in between is repaired on takeover (see _restore).
         outcome = self.records.assign(task_id, engine_id)
         if outcome == -1:
-            self.live = [e for e in self.live if e != engine_id]
+            self._lose(engine_id)
             return
         body = self.bodies.pop(task_id, None)
         self.pending.pop(task_id, None)
@@ -370,8 +383,8 @@ class Scheduler:
             self.publisher.publish(self.names.direct_exchange, self.names.engine_routing_key(engine_id), body)
         except UnroutableError:
             log.info("engine %d has no queue any more; task %s goes back to the backlog", engine_id, task_id)
-            self.live = [e for e in self.live if e != engine_id]
             self._untrack(task_id)
+            self._lose(engine_id)
             self.records.requeue(task_id, engine_id, "")
             return
         except BrokerError:

@@ -9,6 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from .loads import EngineLoad, EngineLoads
+
+__all__ = ["EngineLoad", "EngineLoads", "PendingTask", "Plan", "Scheme", "plan", "scheme_named"]
+
 
 @dataclass
 class PendingTask:
@@ -28,12 +32,6 @@ class PendingTask:
 
 
 @dataclass
-class EngineLoad:
-    engine_id: int
-    outstanding: int = 0
-
-
-@dataclass
 class Plan:
     assignments: list[tuple[str, int]] = field(default_factory=list)
     # Tasks that no live engine can take (every one said its depend does not hold).
@@ -41,16 +39,13 @@ class Plan:
 
 
 class Scheme:
-    """Orders waiting tasks and picks an engine for each."""
+    """Orders waiting tasks; each goes to the least-loaded engine it may run on, lowest id
+    on ties (see ``plan``)."""
 
     name = ""
 
     def order(self, pending: Iterable[PendingTask]) -> list[PendingTask]:
         raise NotImplementedError
-
-    def choose(self, task: PendingTask, free: Sequence[EngineLoad]) -> EngineLoad:
-        """Least-loaded free engine, lowest id on ties."""
-        return min(free, key=lambda e: (e.outstanding, e.engine_id))
 
 
 class FIFO(Scheme):
@@ -94,7 +89,7 @@ def scheme_named(name: str) -> Scheme:
 def plan(
     scheme: Scheme,
     pending: Iterable[PendingTask],
-    engines: Sequence[EngineLoad],
+    engines: Sequence[EngineLoad] | EngineLoads,
     slots: int,
     now: float,
     failure_penalty_s: float,
@@ -102,34 +97,63 @@ def plan(
     """Decide which waiting tasks go to which engines now.
 
     An engine takes at most ``slots`` outstanding tasks. A task skips engines where its
-    depend failed and engines outside its ``only_on``; a blocked task waits. After a failure it avoids the engines that failed it for
-    ``failure_penalty_s`` seconds, as long as another live engine could take it.
+    depend failed and engines outside its ``only_on``; a blocked task waits. After a failure
+    it avoids the engines that failed it for ``failure_penalty_s`` seconds, as long as another
+    live engine could take it.
+
+    ``engines`` given as EngineLoads (the scheduler's, kept up to date as it routes) is left as
+    it was found; a task free to go anywhere then costs O(log engines), not a look at each.
     """
+    if isinstance(engines, EngineLoads):
+        if engines.slots != max(1, slots):
+            raise ValueError(f"the loads are kept for {engines.slots} slots, not {slots}")
+        loads = engines
+    else:
+        loads = EngineLoads.of(engines, slots)
     result = Plan()
-    live = {e.engine_id for e in engines}
-    # Only engines with a slot left are looked at, and one leaves as it fills: a plan costs
-    # what it assigns, not the number of engines times the tasks it looks at.
-    free = {e.engine_id: EngineLoad(e.engine_id, e.outstanding) for e in engines if e.outstanding < slots}
-    for task in scheme.order(pending):
-        if task.blocked:
-            continue
-        if not free:
-            break
-        allowed = live - task.unmet
-        if task.only_on is not None:
-            allowed &= task.only_on
-        if not allowed:
-            result.unsatisfiable.append(task.task_id)
-            continue
-        penalized = task.failed_on if task.failed_at is not None and now - task.failed_at < failure_penalty_s else frozenset()
-        if allowed - penalized:
-            allowed -= penalized
-        candidates = [e for e in free.values() if e.engine_id in allowed]
-        if not candidates:
-            continue
-        engine = scheme.choose(task, candidates)
-        engine.outstanding += 1
-        if engine.outstanding >= slots:
-            del free[engine.engine_id]
-        result.assignments.append((task.task_id, engine.engine_id))
+    if not loads.any_free():
+        return result
+    taken: list[int] = []
+    try:
+        for task in scheme.order(pending):
+            if task.blocked:
+                continue
+            if not loads.any_free():
+                break
+            penalized = task.failed_on if task.failed_at is not None and now - task.failed_at < failure_penalty_s else frozenset()
+            if task.only_on is None and not task.unmet and not penalized:
+                engine = loads.least_loaded()
+            else:
+                allowed = _allowed(task, loads, penalized)
+                if allowed is None:
+                    result.unsatisfiable.append(task.task_id)
+                    continue
+                engine = _least_loaded_of(allowed, loads)
+            if engine is None:
+                continue
+            # Tentative, so that the next task sees this one; undone below, since the
+            # scheduler counts a task against its engine once it has routed it.
+            loads.change(engine, 1)
+            taken.append(engine)
+            result.assignments.append((task.task_id, engine))
+    finally:
+        for engine in taken:
+            loads.change(engine, -1)
     return result
+
+
+def _allowed(task: PendingTask, loads: EngineLoads, penalized: frozenset[int]) -> set[int] | None:
+    """The live engines a constrained task may go to; None if there is none at all."""
+    live = loads.engines()
+    allowed = {e for e in task.only_on if e in live} if task.only_on is not None else set(live)
+    allowed -= task.unmet
+    if not allowed:
+        return None
+    if allowed - penalized:
+        allowed -= penalized
+    return allowed
+
+
+def _least_loaded_of(allowed: set[int], loads: EngineLoads) -> int | None:
+    free = [e for e in allowed if loads.has_slot(e)]
+    return min(free, key=lambda e: (loads.load(e), e)) if free else None

@@ -9,6 +9,7 @@ from enginefarm.schedulers.policy import (
     LIFO,
     SCHEMES,
     EngineLoad,
+    EngineLoads,
     PendingTask,
     Priority,
     plan,
@@ -110,13 +111,6 @@ def test_least_loaded_engine_wins_lowest_id_on_ties():
     assert decided.assignments == [("t1", 1), ("t2", 1), ("t3", 2), ("t4", 0)]
 
 
-def test_choose_picks_least_loaded_then_lowest_id():
-    scheme = FIFO()
-    task = PendingTask("t", 1)
-    assert scheme.choose(task, [EngineLoad(3, 1), EngineLoad(1, 2), EngineLoad(2, 1)]).engine_id == 2
-    assert scheme.choose(task, [EngineLoad(5, 0)]).engine_id == 5
-
-
 def test_plan_does_not_modify_the_loads_it_is_given():
     given = engines(0, 1)
     run(FIFO(), tasks(1, 2, 3), given, slots=3)
@@ -205,3 +199,59 @@ def test_many_full_engines_leave_the_plan_to_the_free_ones():
     # A task restricted to full engines waits even while others are free
     held = PendingTask("t9", 9, only_on=frozenset({1, 2}))
     assert run(FIFO(), [held, *tasks(5)], loads, slots=2).assignments == [("t5", 7)]
+
+
+# --- the scheduler's running loads ------------------------------------------------------------
+def test_plan_leaves_the_schedulers_loads_as_it_found_them():
+    loads = EngineLoads(2, {0: 0, 1: 1, 2: 2})
+    decided = run(FIFO(), tasks(1, 2, 3, 4), loads, slots=2)
+    assert decided.assignments == [("t1", 0), ("t2", 0), ("t3", 1)]
+    assert [loads.load(e) for e in (0, 1, 2)] == [0, 1, 2] and loads.least_loaded() == 0
+
+
+def test_plan_refuses_loads_kept_for_another_slot_count():
+    with pytest.raises(ValueError):
+        run(FIFO(), tasks(1), EngineLoads(2, {0: 0}), slots=3)
+
+
+def test_loads_follow_changes_and_drops():
+    loads = EngineLoads(2, {5: 0, 3: 1, 9: 2})
+    assert loads.least_loaded() == 5
+    loads.change(5, 1)  # 5 and 3 hold one each: the lower id
+    assert loads.least_loaded() == 3
+    loads.change(3, 1)
+    loads.change(5, 1)
+    assert loads.least_loaded() is None and not loads.any_free()
+    loads.change(9, -2)
+    assert loads.least_loaded() == 9
+    loads.drop(9)
+    assert loads.least_loaded() is None and 9 not in loads
+    loads.change(9, -1)  # a task ending on an engine that is gone changes nothing
+    assert 9 not in loads and not loads.any_free()
+    loads.change(3, -5)  # never below zero
+    assert loads.load(3) == 0 and loads.least_loaded() == 3
+
+
+def test_loads_agree_with_a_full_scan_over_random_changes():
+    import random
+
+    rng = random.Random(7)
+    loads = EngineLoads(3, {e: rng.randrange(4) for e in range(40)})
+    truth = {e: loads.load(e) for e in loads.engines()}
+    for step in range(5000):
+        e = rng.randrange(45)
+        if step % 500 == 499:
+            truth = {e: rng.randrange(4) for e in range(rng.randrange(10, 45))}
+            loads.reset(truth)
+        elif rng.random() < 0.02:
+            loads.drop(e)
+            truth.pop(e, None)
+        else:
+            delta = rng.choice((-1, 1))
+            loads.change(e, delta)
+            if e in truth:
+                truth[e] = max(0, truth[e] + delta)
+        free = [x for x, n in truth.items() if n < 3]
+        expected = min(free, key=lambda x: (truth[x], x)) if free else None
+        assert loads.least_loaded() == expected
+        assert loads.any_free() == bool(free)
