@@ -5,7 +5,9 @@ node that leads nothing but holds the engines' connections; each restarts and re
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import pika
 import pytest
@@ -28,6 +30,48 @@ def rabbits(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitCluster]
         yield nodes
 
 
+@dataclass
+class Outage:
+    recover_s: float  # from the kill until work resumed
+    rejoin_s: float  # from the kill until the node was back in the cluster
+    seen: Any  # what ``while_down`` returned
+
+
+def kill_under_load(rabbits: RabbitCluster, index: int, client: Client, load: Load,
+                    while_down: Callable[[], Any] = lambda: None) -> Outage:
+    """Once the load is going, kill -9 node ``index``; wait until work resumes on the others,
+    look around (``while_down``), restart the node and wait until it rejoined."""
+    wait_for(lambda: completed_count(client, load.ids) >= 300, 120, "the load to get going")
+    before = completed_count(client, load.ids)
+    rabbits.kill(index)
+    down_at = time.monotonic()
+    wait_for(lambda: completed_count(client, load.ids) > before + 200
+             or (not load.thread.is_alive() and completed_count(client, load.ids) == len(load.ids)),
+             120, "work to resume on the surviving nodes")
+    recover_s = time.monotonic() - down_at
+    seen = while_down()
+    rabbits.restart(index)
+    outage = Outage(recover_s, time.monotonic() - down_at, seen)
+    via = 1 if index == 0 else 0
+    assert rabbits.running_nodes(via=via) == sorted(n.node for n in rabbits.nodes)
+    return outage
+
+
+def settle(client: Client, cluster: Cluster, load: Load, log: str, title: str, started: float,
+           outage: Outage) -> None:
+    """Let the load finish; every accepted task ended in exactly one terminal record and none
+    ran twice (no engine died or lost its work, only a broker node under it)."""
+    load.join()
+    client.barrier(load.ids, timeout=300)
+    t = tally(client, load.ids, log, load.keys)
+    report(title, t, time.monotonic() - started, 0, outage.recover_s,
+           notes=f"recover = node down until work resumed; rejoined after {outage.rejoin_s:.1f} s")
+    assert t.lost == [] and t.duplicate_records == [] and t.reruns == 0
+    assert t.statuses["completed"] == len(load.ids) == 2500
+    assert all(d.proc.poll() is None for d in cluster.daemons)  # every daemon rode it out
+    assert outage.recover_s < 60
+
+
 def test_16_rabbitmq_node_killed_under_load_on_a_three_node_cluster(settings, tmp_path, rabbits):
     # Every process is told the three URLs, first node first: it connects there, and the
     # queues it declares are led from there (RabbitMQ places a new leader on the client's node).
@@ -46,34 +90,14 @@ def test_16_rabbitmq_node_killed_under_load_on_a_three_node_cluster(settings, tm
             leaders = {q: rabbits.leader_of(q) for q in (names.tasks_queue, names.engine_queue(0))}
             assert set(leaders.values()) == {rabbits.nodes[0].node}, leaders
             load = Load(local, log, batches=100, batch=25, sleep_s=0.0).start()
-            wait_for(lambda: completed_count(client, load.ids) >= 300, 120, "the load to get going")
-            before = completed_count(client, load.ids)
-            # When node 0, leader of the queues and peer of every connection, is killed
-            rabbits.kill(0)
-            down_at = time.monotonic()
-            # Then everyone reconnects to a surviving node, redeclares, and work resumes
-            wait_for(lambda: completed_count(client, load.ids) > before + 200
-                     or (not load.thread.is_alive() and completed_count(client, load.ids) == len(load.ids)),
-                     120, "work to resume on the surviving nodes")
-            recover_s = time.monotonic() - down_at
-            moved = {q: rabbits.leader_of(q, via=1) for q in leaders}
-            # And the killed node comes back and rejoins while the load goes on
-            rabbits.restart(0)
-            rejoin_s = time.monotonic() - down_at
-            assert rabbits.running_nodes(via=1) == sorted(n.node for n in rabbits.nodes)
-            load.join()
-            client.barrier(load.ids, timeout=300)
-            t = tally(client, load.ids, log, load.keys)
-        report("16 RabbitMQ cluster: kill -9 of the leading node under load (3 private nodes)", t,
-               time.monotonic() - started, 0, recover_s,
-               notes=f"recover = node down until work resumed; rejoined after {rejoin_s:.1f} s")
-        assert rabbits.nodes[0].node not in moved.values(), moved
-        # Every accepted task ended in exactly one terminal record; none ran twice (no engine
-        # died or lost its work, only the broker node under it)
-        assert t.lost == [] and t.duplicate_records == [] and t.reruns == 0
-        assert t.statuses["completed"] == len(load.ids) == 2500
-        assert all(d.proc.poll() is None for d in cluster.daemons)  # scheduler and engines rode it out
-        assert recover_s < 60
+            # When node 0, leader of the queues and peer of every connection, is killed, then
+            # everyone reconnects to a surviving node, redeclares, and work resumes; and the
+            # killed node comes back and rejoins while the load goes on
+            outage = kill_under_load(rabbits, 0, client, load,
+                                     while_down=lambda: {q: rabbits.leader_of(q, via=1) for q in leaders})
+            assert rabbits.nodes[0].node not in outage.seen.values(), outage.seen
+            settle(client, cluster, load, log,
+                   "16 RabbitMQ cluster: kill -9 of the leading node under load (3 private nodes)", started, outage)
     finally:
         cluster.teardown()
 
@@ -105,33 +129,15 @@ def test_16_rabbitmq_follower_node_killed_under_fifo_load(settings, tmp_path, ra
             on_follower = rabbits.connections_on(1)
             assert len(on_follower) >= 2, on_follower  # each engine's consumer (the others connect when first used)
             load = Load(local, log, batches=100, batch=25, sleep_s=0.0).start()
-            wait_for(lambda: completed_count(client, load.ids) >= 300, 120, "the load to get going")
-            before = completed_count(client, load.ids)
-            # When node 1, under every engine's connections, is killed
-            rabbits.kill(1)
-            down_at = time.monotonic()
-            # Then the engines reconnect to another node, consume again and work resumes
-            wait_for(lambda: completed_count(client, load.ids) > before + 200
-                     or (not load.thread.is_alive() and completed_count(client, load.ids) == len(load.ids)),
-                     120, "work to resume on the surviving nodes")
-            recover_s = time.monotonic() - down_at
-            leader = rabbits.leader_of(names.work_queue)
-            rabbits.restart(1)
-            rejoin_s = time.monotonic() - down_at
-            assert rabbits.running_nodes() == sorted(n.node for n in rabbits.nodes)
-            load.join()
-            client.barrier(load.ids, timeout=300)
-            t = tally(client, load.ids, log, load.keys)
-        report("16 RabbitMQ cluster: kill -9 of a node following the work queue, under every engine, fifo", t,
-               time.monotonic() - started, 0, recover_s,
-               notes=f"recover = node down until work resumed; rejoined after {rejoin_s:.1f} s")
-        assert leader == rabbits.nodes[0].node  # a follower's loss moves no leader
-        # Every accepted task ended in exactly one terminal record; none ran twice: the engines
-        # lost their connections, and what they held unacked went back to the queue unstarted
-        # or was finished already (its record is terminal, so a second delivery is skipped)
-        assert t.lost == [] and t.duplicate_records == [] and t.reruns == 0
-        assert t.statuses["completed"] == len(load.ids) == 2500
-        assert all(d.proc.poll() is None for d in cluster.daemons)
-        assert recover_s < 60
+            # When node 1, under every engine's connections, is killed, then the engines
+            # reconnect to another node, consume again and work resumes. What they held unacked
+            # went back to the queue unstarted or was finished already (its record is terminal,
+            # so a second delivery is skipped): nothing runs twice
+            outage = kill_under_load(rabbits, 1, client, load,
+                                     while_down=lambda: rabbits.leader_of(names.work_queue))
+            assert outage.seen == rabbits.nodes[0].node  # a follower's loss moves no leader
+            settle(client, cluster, load, log,
+                   "16 RabbitMQ cluster: kill -9 of a node following the work queue, under every engine, fifo",
+                   started, outage)
     finally:
         cluster.teardown()
