@@ -107,10 +107,11 @@ def _open_sentinel(url: str, options: dict[str, Any]) -> redis.Redis:
     # A sentinel that is down is skipped at once, not retried: the next one answers.
     sentinel_options = dict(socket_connect_timeout=SENTINEL_TIMEOUT_S, socket_timeout=SENTINEL_TIMEOUT_S,
                             retry=Retry(NoBackoff(), 0))
-    # redis-py's sentinel module is untyped.
-    sentinels = _Sentinels(  # type: ignore[no-untyped-call]
-        list(where.sentinels), sentinel_kwargs=sentinel_options, **options)
-    client: redis.Redis = sentinels.master_for(  # type: ignore[no-untyped-call]
+    # redis-py's sentinel module is typed from 8.2 only: called through Any, it type-checks
+    # the same with every release the dependency allows.
+    factory: Any = _Sentinels
+    sentinels = factory(list(where.sentinels), sentinel_kwargs=sentinel_options, **options)
+    client: redis.Redis = sentinels.master_for(
         where.service, db=where.db, username=where.username, password=where.password,
         connection_class=_SentinelConnection)
     return client
