@@ -8,12 +8,11 @@ be made (not root, no ip, no servers installed).
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
-import redis
 
 from enginefarm import MapTask
 from enginefarm.config import Settings
@@ -22,6 +21,7 @@ from ..faults import work
 from ..faults.conftest import ran_again, runs, tally
 from ..harness import Cluster, Daemon, wait_for
 from ..hosts import Host, Hosts, Servers, cannot_make_hosts, made_hosts
+from ..redismonitor import RedisMonitor
 
 pytestmark = pytest.mark.hosts
 
@@ -45,31 +45,23 @@ def settings(settings: Settings, net: tuple[Hosts, Servers]) -> Settings:
     return settings.replace(amqp_url=servers.rabbit.url, redis_url=servers.redis.url)
 
 
-class Heard:
-    """Every command Redis gets from one address, with its time (Redis's MONITOR, on a thread)."""
+class Heard(RedisMonitor):
+    """Every command Redis gets from one address, with its time."""
 
     def __init__(self, redis_url: str, address: str) -> None:
         self.address = address
         self.commands: list[tuple[float, str]] = []
-        self.monitor = redis.Redis.from_url(redis_url).monitor()
-        self.monitor.__enter__()  # MONITOR is on before a command can be missed
-        self.thread = threading.Thread(target=self._listen, daemon=True)
-        self.thread.start()
+        super().__init__(redis_url, self._note)
 
-    def _listen(self) -> None:
-        try:
-            for command in self.monitor.listen():
-                if command.get("client_address") == self.address:
-                    self.commands.append((float(command["time"]), str(command["command"])))
-        except (redis.RedisError, OSError, ValueError):
-            pass  # closed
+    def _note(self, command: dict[str, Any]) -> None:
+        if command.get("client_address") == self.address:
+            self.commands.append((float(command["time"]), str(command["command"])))
 
     def __enter__(self) -> Heard:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.monitor.__exit__(None, None, None)
-        self.thread.join(10)
+        self.close()
 
 
 def start_cluster(cluster: Cluster, hosts: Hosts) -> dict[int, tuple[Host, Daemon]]:

@@ -8,17 +8,17 @@ which is FIFO too.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
+from typing import Any
 
 import pytest
-import redis
 
 from enginefarm import MapTask
 from enginefarm.config import Settings
 
 from ..harness import wait_for
+from ..redismonitor import RedisMonitor
 from . import farm_tasks as ft
 
 TIMEOUT_S = 60
@@ -218,28 +218,17 @@ def test_depend_that_raises_fails_the_task(cluster, client):
     assert r.result is None
 
 
-class ClaimReads:
-    """The SMEMBERS calls Redis gets on the given keys (Redis's MONITOR, on a thread)."""
+class ClaimReads(RedisMonitor):
+    """The SMEMBERS calls Redis gets on the given keys."""
 
     def __init__(self, redis_url: str, keys: set[str]) -> None:
         self.keys, self.count = keys, 0
-        self.monitor = redis.Redis.from_url(redis_url).monitor()
-        self.monitor.__enter__()  # on before the first command can be missed
-        self.thread = threading.Thread(target=self._listen, daemon=True)
-        self.thread.start()
+        super().__init__(redis_url, self._count)
 
-    def _listen(self) -> None:
-        try:
-            for command in self.monitor.listen():
-                words = str(command.get("command", "")).split()
-                if len(words) == 2 and words[0].upper() == "SMEMBERS" and words[1] in self.keys:
-                    self.count += 1
-        except (redis.RedisError, OSError, ValueError):
-            pass  # closed
-
-    def close(self) -> None:
-        self.monitor.__exit__(None, None, None)
-        self.thread.join(10)
+    def _count(self, command: dict[str, Any]) -> None:
+        words = str(command.get("command", "")).split()
+        if len(words) == 2 and words[0].upper() == "SMEMBERS" and words[1] in self.keys:
+            self.count += 1
 
 
 def test_a_burst_of_tasks_reads_the_engines_claims_per_housekeeping_not_per_task(cluster, client, settings):
